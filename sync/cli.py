@@ -1,0 +1,168 @@
+"""The `subregistry` command: argparse, then asyncio.run. Nothing imports this module."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from sync import __version__
+from sync.config import DEFAULT_VIEW, Config, load_config
+from sync.engine import Engine
+from sync.errors import ConfigError, StoreError
+from sync.logs import configure_logging
+from sync.metrics import Metrics
+from sync.store import Reader, Store, records
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="subregistry", description="A curated mirror of the MCP Registry."
+    )
+    parser.add_argument("--config", type=Path, help="TOML file (default: $SUBREGISTRY_CONFIG)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    sync = commands.add_parser("sync", help="run one pass of each upstream, then exit")
+    sync.add_argument("--full", action="store_true", help="list everything and reconcile")
+    sync.add_argument("--upstream", metavar="NAME", help="only this upstream")
+    status = commands.add_parser("status", help="checkpoints, passes, errors, quarantine")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    export = commands.add_parser("export", help="write the served catalogue as a list envelope")
+    export.add_argument("--output", type=Path, help="file to write (default: standard output)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        configure_logging(config.logging)
+        if args.command == "sync":
+            return asyncio.run(_sync(config, full=args.full, only=args.upstream))
+        if args.command == "status":
+            return asyncio.run(_status(config, as_json=args.json, out=sys.stdout))
+        if args.command == "export":
+            return asyncio.run(_export(config, args.output))
+    except ConfigError as exc:
+        print(f"subregistry: {exc}", file=sys.stderr)
+        return 2
+    except StoreError as exc:
+        print(f"subregistry: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+async def _sync(config: Config, *, full: bool, only: str | None) -> int:
+    names = [config.upstream(only).name] if only else [u.name for u in config.upstreams]
+    store = await Store.open(config.storage.path)
+    engine = Engine(config, store, Metrics())
+    try:
+        await engine.startup()
+        failed = False
+        for name in names:
+            result = await engine.run(name, full=full)
+            print(result.summary(), flush=True)
+            failed |= result.outcome != "ok"
+        return 1 if failed else 0
+    finally:
+        await engine.close()
+        await store.close()
+
+
+async def _status(config: Config, *, as_json: bool, out: TextIO) -> int:
+    reader = await Reader.open(config.storage.path, connections=1)
+    try:
+        states = await reader.upstream_states()
+        held = await reader.held()
+        quarantine = await reader.quarantine()
+        hits = await reader.rule_hits(DEFAULT_VIEW)
+        report: dict[str, Any] = {"upstreams": [], "rule_hits": hits}
+        for upstream in config.upstreams:
+            state = states.get(upstream.name, records.UpstreamState(upstream.name))
+            kept, removed = held.get(upstream.name, (0, 0))
+            report["upstreams"].append(
+                {
+                    "name": upstream.name,
+                    "source": upstream.url or str(upstream.path),
+                    "headers": dict.fromkeys(upstream.headers, "***"),
+                    "checkpoint": state.checkpoint,
+                    "last_success": state.last_success_at,
+                    "last_full": state.last_full_at,
+                    "last_error": state.last_error,
+                    "last_error_at": state.last_error_at,
+                    "consecutive_failures": state.failures,
+                    "circuit_open_until": state.circuit_until,
+                    "pass_in_progress": state.pass_id is not None,
+                    "versions_held": kept,
+                    "versions_removed": removed,
+                    "quarantined": [
+                        {"key": q.key, "reason": q.reason, "last_seen": q.last_seen}
+                        for q in quarantine
+                        if q.upstream == upstream.name
+                    ],
+                    "recent_passes": [
+                        {
+                            "id": p.id,
+                            "mode": p.mode,
+                            "started": p.started_at,
+                            "ended": p.ended_at,
+                            "outcome": p.outcome,
+                            "error": p.error,
+                            "checkpoint": p.checkpoint,
+                            "resumed_from": p.resumed_from,
+                            **p.counts,
+                        }
+                        for p in await reader.passes(upstream.name, limit=10)
+                    ],
+                }
+            )
+    finally:
+        await reader.close()
+    if as_json:
+        json.dump(report, out, indent=2)
+        out.write("\n")
+        return 0
+    for u in report["upstreams"]:
+        out.write(
+            f"{u['name']} ({u['source']})\n"
+            f"  checkpoint:      {u['checkpoint'] or '-'}\n"
+            f"  last success:    {u['last_success'] or 'never'}\n"
+            f"  last error:      {u['last_error'] or '-'}"
+            f"{' at ' + u['last_error_at'] if u['last_error_at'] else ''}\n"
+            f"  versions held:   {u['versions_held']} ({u['versions_removed']} removed)\n"
+            f"  quarantined:     {len(u['quarantined'])}\n"
+        )
+        if u["circuit_open_until"]:
+            out.write(f"  circuit open until {u['circuit_open_until']}\n")
+        for q in u["quarantined"][:20]:
+            out.write(f"    {q['key']}: {q['reason']}\n")
+    if hits:
+        out.write("rule hits:\n")
+        for rule, count in sorted(hits.items()):
+            out.write(f"  {rule}: {count}\n")
+    return 0
+
+
+async def _export(config: Config, output: Path | None) -> int:
+    reader = await Reader.open(config.storage.path, connections=1)
+    stream = output.open("w", encoding="utf-8") if output else sys.stdout
+    try:
+        count = 0
+        stream.write('{"servers":[')
+        async for _, _, server, meta in reader.export(DEFAULT_VIEW):
+            stream.write(("," if count else "") + f'{{"server":{server},"_meta":{meta}}}')
+            count += 1
+        stream.write(f'],"metadata":{{"count":{count}}}}}\n')
+    finally:
+        await reader.close()
+        if output:
+            stream.close()
+    return 0

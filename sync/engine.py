@@ -1,0 +1,382 @@
+"""One sync pass: plan → fetch a page → store raw → rebuild the served view → checkpoint.
+
+Every page commits in one transaction together with its cursor, so a pass killed at any point
+resumes from the last committed page with its original start time. The checkpoint (the next
+`updated_since`) moves only when a pass completes, to the pass's start by the upstream's own
+clock minus an overlap: pages are ordered by name, not time, and rows commit late upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import structlog
+
+from sync.config import DEFAULT_VIEW, Config, UpstreamConfig
+from sync.errors import PermanentUpstreamError, UpstreamError
+from sync.metrics import Metrics
+from sync.rules import compile_rules
+from sync.store import PassCounts, Store, UpstreamState, format_stamp, utcnow
+from sync.upstream import Sleep, UpstreamClient
+from sync.view import build
+from sync.wire import MalformedPage, Page, parse_page
+
+__all__ = ["Engine", "PassResult"]
+
+log = structlog.get_logger("sync.engine")
+Clock = Callable[[], datetime]
+Progress = Callable[[str, PassCounts], None]
+
+
+@dataclass(slots=True)
+class PassResult:
+    upstream: str
+    mode: str
+    outcome: str
+    counts: PassCounts = field(default_factory=PassCounts)
+    duration: float = 0.0
+    checkpoint: str | None = None
+    error: str | None = None
+    pass_id: int | None = None
+
+    def summary(self) -> str:
+        c = self.counts
+        text = (
+            f"{self.upstream}: {self.outcome} {self.mode} pass in {self.duration:.1f}s, "
+            f"{c.pages} pages, {c.inserted} inserted, {c.updated} updated, "
+            f"{c.unchanged} unchanged, {c.removed} removed, {c.quarantined} quarantined"
+        )
+        if self.checkpoint:
+            text += f", checkpoint {self.checkpoint}"
+        return text + (f" — {self.error}" if self.error else "")
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    mode: str
+    since: str | None
+    cursor: str | None
+    started: str | None
+    sweep: int | None
+    resumed_from: int | None
+
+
+class Engine:
+    """Runs passes for the configured upstreams against one store. Never raises on a
+    failing upstream: the failure is recorded and returned, and the mirror is left intact."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        metrics: Metrics,
+        *,
+        clock: Clock = utcnow,
+        sleep: Sleep = asyncio.sleep,
+        backoff: tuple[float, float] = (1.0, 60.0),
+        progress: Progress | None = None,
+        view: str = DEFAULT_VIEW,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+        self.view = view
+        self._sleep = sleep
+        self._backoff = backoff
+        self._progress = progress
+        self._rules = compile_rules(config)
+        self._order = [u.name for u in config.upstreams]
+        self._locks = {u.name: asyncio.Lock() for u in config.upstreams}
+        self._clients: dict[str, UpstreamClient] = {}
+
+    async def _client(self, config: UpstreamConfig) -> UpstreamClient:
+        """One client per upstream for the engine's life, so politeness spans passes."""
+        client = self._clients.get(config.name)
+        if client is None:
+            client = UpstreamClient(config, self.metrics, sleep=self._sleep, backoff=self._backoff)
+            await client.__aenter__()
+            self._clients[config.name] = client
+        return client
+
+    async def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.__aexit__(None, None, None)
+
+    def _now(self) -> str:
+        return format_stamp(self.clock())
+
+    async def startup(self) -> int:
+        """Close passes left 'running' by a process that died; they resume on their next run."""
+        async with self.store.transaction():
+            return await self.store.close_interrupted(self._now())
+
+    def running(self, upstream: str) -> bool:
+        return self._locks[upstream].locked()
+
+    async def run(self, upstream: str, *, full: bool = False, probe: bool = False) -> PassResult:
+        """One pass of `upstream`; skipped if one is already running in this process, or if
+        its circuit is open (unless `full` is forced or `probe` is set by the scheduler)."""
+        config = self.config.upstream(upstream)
+        lock = self._locks[upstream]
+        if lock.locked():
+            return PassResult(
+                upstream,
+                "full" if full else "incremental",
+                "skipped",
+                error="a pass of this upstream is already running",
+            )
+        async with lock:
+            structlog.contextvars.bind_contextvars(upstream=upstream)
+            try:
+                return await self._run(config, full=full, probe=probe)
+            finally:
+                structlog.contextvars.unbind_contextvars("upstream", "pass_id", "mode")
+
+    async def _run(self, config: UpstreamConfig, *, full: bool, probe: bool) -> PassResult:
+        started_clock = time.perf_counter()
+        async with self.store.transaction():
+            state = await self.store.state(config.name)
+        plan = self._plan(config, state, force_full=full)
+        result = PassResult(config.name, plan.mode, "running")
+        now = self.clock()
+        if state.circuit_until and not (full or probe) and self._now() < state.circuit_until:
+            result.outcome, result.error = "skipped", f"circuit open until {state.circuit_until}"
+            async with self.store.transaction():
+                await self.store.record_skip(
+                    config.name, mode=plan.mode, reason=result.error, now=format_stamp(now)
+                )
+            self.metrics.sync_runs.labels(config.name, plan.mode, "skipped").inc()
+            log.info("sync.skipped", reason=result.error)
+            return result
+        async with self.store.transaction():
+            result.pass_id = await self.store.start_pass(
+                config.name,
+                mode=plan.mode,
+                started=plan.started or format_stamp(now),
+                since=plan.since,
+                cursor=plan.cursor,
+                sweep=plan.sweep,
+                resumed_from=plan.resumed_from,
+                now=format_stamp(now),
+            )
+        structlog.contextvars.bind_contextvars(pass_id=result.pass_id, mode=plan.mode)
+        log.info(
+            "sync.started", since=plan.since, resumed_from=plan.resumed_from, cursor=plan.cursor
+        )
+        sweep = plan.sweep or result.pass_id
+        try:
+            if config.path is not None:
+                await self._file_pass(config, state, plan, result, sweep, full)
+            else:
+                await self._http_pass(config, plan, result, sweep, now)
+        except (UpstreamError, MalformedPage, OSError) as exc:
+            result.outcome, result.error = "failed", str(exc)
+            await self._record_failure(config, state, result)
+        except asyncio.CancelledError:
+            result.outcome, result.error = "interrupted", "stopped before the pass completed"
+            await asyncio.shield(self._record_interrupt(result))
+            raise
+        finally:
+            result.duration = time.perf_counter() - started_clock
+            self._observe(result)
+        return result
+
+    def _plan(self, config: UpstreamConfig, state: UpstreamState, *, force_full: bool) -> _Plan:
+        if (
+            state.pass_id is not None
+            and state.pass_mode
+            and not (force_full and state.pass_mode != "full")
+        ):
+            return _Plan(
+                state.pass_mode,
+                state.pass_since,
+                state.pass_cursor,
+                state.pass_started,
+                state.pass_sweep,
+                state.pass_id,
+            )
+        due = (
+            state.last_full_at is None
+            or (self.clock() - datetime.fromisoformat(state.last_full_at)).total_seconds()
+            >= config.full_every
+        )
+        if force_full or state.checkpoint is None or due or config.path is not None:
+            return _Plan("full", None, None, None, None, None)
+        return _Plan("incremental", state.checkpoint, None, None, None, None)
+
+    async def _http_pass(
+        self, config: UpstreamConfig, plan: _Plan, result: PassResult, sweep: int, now: datetime
+    ) -> None:
+        client = await self._client(config)
+        cursor, started = plan.cursor, plan.started
+        while True:
+            fetched = await client.fetch_page(
+                cursor, plan.since, include_deleted=plan.mode == "full"
+            )
+            if started is None:
+                # The upstream's own clock, where it gives one, is what its rows are stamped
+                # with; ours may be skewed. Its Date is truncated to the second: conservative.
+                started = format_stamp(min(fetched.date or now, now))
+                async with self.store.transaction():
+                    await self.store.set_pass_started(config.name, started)
+            nxt = fetched.page.next_cursor
+            if nxt is not None and nxt == cursor:
+                raise PermanentUpstreamError(f"cursor did not advance past {cursor!r}")
+            await self._apply_page(config.name, fetched.page, result, sweep, nxt)
+            if nxt is None:
+                break
+            cursor = nxt
+        await self._complete(config, plan, result, sweep, started)
+
+    async def _file_pass(
+        self,
+        config: UpstreamConfig,
+        state: UpstreamState,
+        plan: _Plan,
+        result: PassResult,
+        sweep: int,
+        force: bool,
+    ) -> None:
+        assert config.path is not None
+        data = await asyncio.to_thread(config.path.read_bytes)
+        if len(data) > config.max_response_bytes:
+            raise MalformedPage(f"{config.path} is over the {config.max_response_bytes}-byte cap")
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != state.source_digest or force:
+            page = parse_page(data.decode("utf-8"), max_entry_chars=config.max_entry_bytes)
+            await self._apply_page(config.name, page, result, sweep, None)
+        else:
+            # Unchanged file: every held entry counts as seen, so the sweep removes nothing.
+            result.counts.unchanged = await self._touch_all(config.name, sweep)
+        await self._complete(config, plan, result, sweep, None, source_digest=digest)
+
+    async def _touch_all(self, upstream: str, sweep: int) -> int:
+        async with self.store.transaction():
+            return await self.store.mark_all_seen(upstream, sweep)
+
+    async def _apply_page(
+        self, upstream: str, page: Page, result: PassResult, sweep: int, cursor: str | None
+    ) -> None:
+        now = self._now()
+        async with self.store.transaction():
+            counts, touched = await self.store.upsert_entries(
+                upstream, page.entries, sweep=sweep, now=now
+            )
+            if page.rejected:
+                await self.store.quarantine(upstream, page.rejected, now)
+                for rejected in page.rejected:
+                    log.warning("sync.quarantined", key=rejected.key, reason=rejected.reason)
+            counts.quarantined = len(page.rejected)
+            counts.pages = 1
+            await self._rebuild(touched)
+            assert result.pass_id is not None
+            await self.store.record_page(upstream, result.pass_id, cursor, counts)
+        result.counts.add(counts)
+        if self._progress is not None:
+            self._progress(upstream, result.counts)
+
+    async def _rebuild(self, names: Iterable[str]) -> int:
+        """Recompute the served rows of `names`; call inside a transaction."""
+        names = set(names)
+        if not names:
+            return 0
+        entries = await self.store.entries_for(names)
+        existing = await self.store.served_state(self.view, names)
+        built = build(entries, self._order, self._rules, self.config.mirror.namespace, existing)
+        changed = await self.store.write_served(self.view, built.rows, existing)
+        await self.store.add_rule_hits(self.view, built.hits)
+        for rule, hits in built.hits.items():
+            self.metrics.rule_hits.labels(rule).inc(hits)
+        return changed
+
+    async def _complete(
+        self,
+        config: UpstreamConfig,
+        plan: _Plan,
+        result: PassResult,
+        sweep: int,
+        started: str | None,
+        *,
+        source_digest: str | None = None,
+    ) -> None:
+        now = self._now()
+        begun = datetime.fromisoformat(started or plan.started or now)
+        checkpoint = format_stamp(begun - timedelta(seconds=config.overlap))
+        async with self.store.transaction():
+            if plan.mode == "full":
+                held, seen, removed, names = await self.store.sweep(config.name, sweep, now)
+                if held and seen * 2 < held:
+                    log.warning(
+                        "sync.sweep_skipped",
+                        held=held,
+                        seen=seen,
+                        reason="full pass saw under half of what the mirror holds",
+                    )
+                result.counts.removed = removed
+                await self._rebuild(names)
+            assert result.pass_id is not None
+            await self.store.record_page(
+                config.name, result.pass_id, None, PassCounts(removed=result.counts.removed)
+            )
+            await self.store.finish_pass(
+                config.name,
+                result.pass_id,
+                checkpoint=checkpoint,
+                full=plan.mode == "full",
+                now=now,
+                source_digest=source_digest,
+            )
+        result.outcome, result.checkpoint = "ok", checkpoint
+
+    async def _record_failure(
+        self, config: UpstreamConfig, state: UpstreamState, result: PassResult
+    ) -> None:
+        failures = state.failures + 1
+        circuit_until = None
+        if failures >= config.failure_threshold:
+            delay = min(
+                config.interval * 2 ** (failures - config.failure_threshold),
+                config.circuit_max_delay,
+            )
+            circuit_until = format_stamp(self.clock() + timedelta(seconds=delay))
+        async with self.store.transaction():
+            await self.store.fail_pass(
+                config.name,
+                result.pass_id,
+                error=result.error or "",
+                now=self._now(),
+                circuit_until=circuit_until,
+            )
+        log.warning(
+            "sync.failed", error=result.error, failures=failures, circuit_until=circuit_until
+        )
+
+    async def _record_interrupt(self, result: PassResult) -> None:
+        async with self.store.transaction():
+            await self.store.close_interrupted(self._now())
+
+    def _observe(self, result: PassResult) -> None:
+        if result.outcome == "skipped":
+            return
+        m, c = self.metrics, result.counts
+        m.sync_runs.labels(result.upstream, result.mode, result.outcome).inc()
+        m.sync_duration.labels(result.upstream, result.mode).observe(result.duration)
+        for action in ("inserted", "updated", "unchanged", "removed", "quarantined"):
+            m.sync_entries.labels(result.upstream, action).inc(getattr(c, action))
+        if result.outcome == "ok":
+            m.last_success.labels(result.upstream).set(self.clock().timestamp())
+        log.info(
+            "sync.finished",
+            outcome=result.outcome,
+            duration_s=round(result.duration, 3),
+            checkpoint=result.checkpoint,
+            error=result.error,
+            **c.as_dict(),
+        )

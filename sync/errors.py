@@ -1,0 +1,61 @@
+"""Typed errors: what is transient (retry it) and what is permanent (report it)."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadResponse",
+    "ConfigError",
+    "PermanentUpstreamError",
+    "RateLimited",
+    "StoreError",
+    "StoreLocked",
+    "TransientUpstreamError",
+    "UpstreamError",
+    "UpstreamUnavailable",
+]
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message names the offending key."""
+
+
+class StoreError(Exception):
+    """The SQLite mirror cannot be opened or written."""
+
+
+class StoreLocked(StoreError):
+    """Another process already holds the writer lock on this mirror file."""
+
+
+class UpstreamError(Exception):
+    """Anything that went wrong talking to one upstream registry."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TransientUpstreamError(UpstreamError):
+    """Worth retrying: the same request may succeed later."""
+
+    retry_after: float | None = None
+
+
+class UpstreamUnavailable(TransientUpstreamError):
+    """Connection refused or reset, timeout, or a 5xx answer."""
+
+
+class RateLimited(TransientUpstreamError):
+    """HTTP 429; `retry_after` carries the upstream's own advice when it gave one."""
+
+    def __init__(self, message: str, *, retry_after: float | None, status: int = 429) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class BadResponse(TransientUpstreamError):
+    """A 200 that is not the expected JSON (HTML error page, truncated body, too large)."""
+
+
+class PermanentUpstreamError(UpstreamError):
+    """A 4xx other than 429, or a redirect we refuse to follow: retrying will not help."""

@@ -1,0 +1,209 @@
+"""Read-only access for the API and the reporting commands.
+
+Readers open the file with `mode=ro` and `query_only`, so nothing on the read side can write,
+and in WAL mode they never wait for the syncing writer. A few connections are used round-robin
+(aiosqlite runs each on its own thread); every list is answered from an index, in pages.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+from sync.errors import StoreError
+from sync.store.records import PassRecord, QuarantineRecord, UpstreamState
+
+__all__ = ["ListQuery", "Reader", "ServedItem"]
+
+ServedItem = tuple[str, str, str, str]  # name, version, server JSON, _meta JSON
+
+_ITEM = (
+    "SELECT s.name, s.version, e.server, s.meta FROM served s JOIN entries e ON e.id = s.entry_id"
+)
+_PASS_COLUMNS = (
+    "id, upstream, mode, started_at, ended_at, outcome, pages, inserted, updated, unchanged, "
+    "removed, quarantined, error, checkpoint, resumed_from"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    view: str
+    limit: int
+    after: tuple[str, str] | None = None
+    search: str | None = None
+    updated_since: str | None = None
+    version: str | None = None
+    include_deleted: bool = False
+
+
+def _like(term: str) -> str:
+    escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+class Reader:
+    def __init__(self, connections: list[aiosqlite.Connection]) -> None:
+        self._connections = connections
+        self._next = itertools.cycle(connections)
+
+    @classmethod
+    async def open(cls, path: Path, *, connections: int = 2) -> Reader:
+        opened: list[aiosqlite.Connection] = []
+        try:
+            for _ in range(connections):
+                db = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
+                opened.append(db)
+                await db.execute("PRAGMA query_only = 1")
+                await db.execute("PRAGMA busy_timeout = 5000")
+        except sqlite3.Error as exc:
+            for db in opened:
+                await db.close()
+            hint = " (run a sync first)" if "unable to open" in str(exc) else ""
+            raise StoreError(f"cannot open {path} read-only: {exc}{hint}") from None
+        return cls(opened)
+
+    async def close(self) -> None:
+        for db in self._connections:
+            await db.close()
+
+    def _db(self) -> aiosqlite.Connection:
+        return next(self._next)
+
+    async def _all(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        async with self._db().execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    # --- the served view -----------------------------------------------------------------
+
+    async def list_servers(self, q: ListQuery) -> list[ServedItem]:
+        """Up to `q.limit + 1` items in (name, version) order, so callers can tell if more exist."""
+        where, params = ["s.view = ?"], [q.view]
+        if q.after is not None:
+            where.append("(s.name, s.version) > (?, ?)")
+            params += q.after
+        if not q.include_deleted:
+            where.append("s.status != 'deleted'")
+        if q.version == "latest":
+            where.append("s.is_latest = 1")
+        elif q.version is not None:
+            where.append("s.version = ?")
+            params.append(q.version)
+        if q.updated_since is not None:
+            where.append("s.updated_at > ?")
+            params.append(q.updated_since)
+        if q.search:
+            where.append("(s.name LIKE ? ESCAPE '\\' OR s.description LIKE ? ESCAPE '\\')")
+            params += [_like(q.search)] * 2
+        sql = f"{_ITEM} WHERE {' AND '.join(where)} ORDER BY s.name, s.version LIMIT ?"
+        rows = await self._all(sql, (*params, q.limit + 1))
+        return [tuple(r) for r in rows]
+
+    async def versions(self, view: str, name: str, *, include_deleted: bool) -> list[ServedItem]:
+        hidden = "" if include_deleted else "AND s.status != 'deleted'"
+        rows = await self._all(
+            f"{_ITEM} WHERE s.view = ? AND s.name = ? {hidden} "
+            "ORDER BY s.published_ts DESC, s.version DESC",
+            (view, name),
+        )
+        return [tuple(r) for r in rows]
+
+    async def version(
+        self, view: str, name: str, version: str, *, include_deleted: bool
+    ) -> ServedItem | None:
+        hidden = "" if include_deleted else "AND s.status != 'deleted'"
+        if version == "latest":
+            sql = f"{_ITEM} WHERE s.view = ? AND s.name = ? AND s.is_latest = 1 {hidden}"
+            rows = await self._all(sql, (view, name))
+        else:
+            sql = f"{_ITEM} WHERE s.view = ? AND s.name = ? AND s.version = ? {hidden}"
+            rows = await self._all(sql, (view, name, version))
+        return tuple(rows[0]) if rows else None
+
+    async def export(self, view: str, batch: int = 500) -> AsyncIterator[ServedItem]:
+        """Every served row, deleted ones included, in bounded batches."""
+        after: tuple[str, str] = ("", "")
+        while True:
+            rows = await self.list_servers(
+                ListQuery(view, batch - 1, after=after, include_deleted=True)
+            )
+            for row in rows:
+                yield row
+            if len(rows) < batch:
+                return
+            after = (rows[-1][0], rows[-1][1])
+
+    async def served_counts(self, view: str) -> tuple[dict[str, int], int]:
+        """Versions per served status, and names with a visible version."""
+        rows = await self._all(
+            "SELECT status, count(*) FROM served WHERE view = ? GROUP BY status", (view,)
+        )
+        names = await self._all(
+            "SELECT count(DISTINCT name) FROM served WHERE view = ? AND status != 'deleted'",
+            (view,),
+        )
+        return {r[0]: r[1] for r in rows}, int(names[0][0])
+
+    # --- operations -------------------------------------------------------------------------
+
+    async def upstream_states(self) -> dict[str, UpstreamState]:
+        rows = await self._all(
+            "SELECT name, checkpoint, last_full_at, last_success_at, last_error, last_error_at, "
+            "failures, circuit_until, pass_id, pass_mode, pass_started, pass_since, pass_cursor, "
+            "pass_sweep, source_digest FROM upstreams"
+        )
+        return {r[0]: UpstreamState(*r) for r in rows}
+
+    async def held(self) -> dict[str, tuple[int, int]]:
+        """Per upstream: versions held (not removed) and versions marked removed."""
+        rows = await self._all(
+            "SELECT upstream, sum(removed_at IS NULL), sum(removed_at IS NOT NULL) "
+            "FROM entries GROUP BY upstream"
+        )
+        return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+
+    async def passes(self, upstream: str | None = None, limit: int = 10) -> list[PassRecord]:
+        where, params = ("WHERE upstream = ?", (upstream,)) if upstream else ("", ())
+        rows = await self._all(
+            f"SELECT {_PASS_COLUMNS} FROM passes {where} ORDER BY id DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [
+            PassRecord(
+                id=r[0],
+                upstream=r[1],
+                mode=r[2],
+                started_at=r[3],
+                ended_at=r[4],
+                outcome=r[5],
+                counts=dict(
+                    zip(
+                        ("pages", "inserted", "updated", "unchanged", "removed", "quarantined"),
+                        r[6:12],
+                        strict=True,
+                    )
+                ),
+                error=r[12],
+                checkpoint=r[13],
+                resumed_from=r[14],
+            )
+            for r in rows
+        ]
+
+    async def quarantine(self, upstream: str | None = None) -> list[QuarantineRecord]:
+        where, params = ("WHERE upstream = ?", (upstream,)) if upstream else ("", ())
+        rows = await self._all(
+            f"SELECT upstream, key, reason, raw, first_seen, last_seen FROM quarantine {where} "
+            "ORDER BY upstream, key",
+            params,
+        )
+        return [QuarantineRecord(*r) for r in rows]
+
+    async def rule_hits(self, view: str) -> dict[str, int]:
+        rows = await self._all("SELECT rule, hits FROM rule_hits WHERE view = ?", (view,))
+        return {r[0]: r[1] for r in rows}

@@ -1,0 +1,135 @@
+"""Plain records that cross the store boundary (no SQL, no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+__all__ = [
+    "ExistingServed",
+    "PassCounts",
+    "PassRecord",
+    "QuarantineRecord",
+    "ServedRow",
+    "StoredEntry",
+    "UpstreamState",
+    "format_stamp",
+    "utcnow",
+]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_stamp(moment: datetime) -> str:
+    """The mirror's own timestamps: fixed width, so text order is time order in SQL."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    """An upstream entry as the mirror holds it, raw JSON text included."""
+
+    id: int
+    upstream: str
+    name: str
+    version: str
+    server: str
+    meta: str | None
+    status: str
+    status_message: str | None
+    status_changed_at: str | None
+    published_at: str | None
+    upstream_updated_at: str | None
+    description: str
+    stored_at: str
+    first_seen_at: str
+    removed_at: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ExistingServed:
+    """What a served row was, enough to tell whether a rebuilt row differs."""
+
+    entry_id: int
+    form: bytes
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServedRow:
+    """One (name, version) of a served view, ready to be written."""
+
+    name: str
+    version: str
+    entry_id: int
+    upstream: str
+    status: str
+    is_latest: bool
+    published_ts: float
+    description: str
+    form: bytes
+    meta: str
+
+
+@dataclass(slots=True)
+class PassCounts:
+    pages: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    quarantined: int = 0
+
+    def add(self, other: PassCounts) -> None:
+        for name in self.__slots__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamState:
+    """What the mirror knows about one upstream, including a pass left unfinished."""
+
+    name: str
+    checkpoint: str | None = None
+    last_full_at: str | None = None
+    last_success_at: str | None = None
+    last_error: str | None = None
+    last_error_at: str | None = None
+    failures: int = 0
+    circuit_until: str | None = None
+    pass_id: int | None = None
+    pass_mode: str | None = None
+    pass_started: str | None = None
+    pass_since: str | None = None
+    pass_cursor: str | None = None
+    pass_sweep: int | None = None
+    source_digest: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PassRecord:
+    id: int
+    upstream: str
+    mode: str
+    started_at: str
+    ended_at: str | None
+    outcome: str
+    counts: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+    checkpoint: str | None = None
+    resumed_from: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineRecord:
+    upstream: str
+    key: str
+    reason: str
+    raw: str
+    first_seen: str
+    last_seen: str

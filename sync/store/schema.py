@@ -1,0 +1,146 @@
+"""Named migrations, each applied in the same transaction as its record."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import aiosqlite
+
+__all__ = ["MIGRATIONS", "migrate"]
+
+MIGRATIONS: Sequence[tuple[str, str]] = (
+    (
+        "0001_initial",
+        """
+        CREATE TABLE entries (
+            id INTEGER PRIMARY KEY,
+            upstream TEXT NOT NULL,
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            server TEXT NOT NULL,
+            meta TEXT,
+            status TEXT NOT NULL,
+            status_message TEXT,
+            status_changed_at TEXT,
+            published_at TEXT,
+            upstream_updated_at TEXT,
+            description TEXT NOT NULL,
+            digest BLOB NOT NULL,
+            stored_at TEXT NOT NULL,
+            first_seen_at TEXT NOT NULL,
+            seen_sweep INTEGER NOT NULL DEFAULT 0,
+            removed_at TEXT,
+            UNIQUE (upstream, name, version)
+        );
+        CREATE INDEX entries_name ON entries (name);
+        CREATE INDEX entries_sweep ON entries (upstream, seen_sweep);
+
+        CREATE TABLE served (
+            id INTEGER PRIMARY KEY,
+            view TEXT NOT NULL,
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            entry_id INTEGER NOT NULL,
+            upstream TEXT NOT NULL,
+            status TEXT NOT NULL,
+            is_latest INTEGER NOT NULL,
+            published_ts REAL NOT NULL,
+            updated_at TEXT NOT NULL,
+            description TEXT NOT NULL,
+            form BLOB NOT NULL,
+            meta TEXT NOT NULL,
+            UNIQUE (view, name, version)
+        );
+        CREATE INDEX served_updated ON served (view, updated_at);
+        CREATE INDEX served_latest ON served (view, name, version) WHERE is_latest = 1;
+        CREATE INDEX served_version ON served (view, version, name);
+
+        CREATE TABLE upstreams (
+            name TEXT PRIMARY KEY,
+            checkpoint TEXT,
+            last_full_at TEXT,
+            last_success_at TEXT,
+            last_error TEXT,
+            last_error_at TEXT,
+            failures INTEGER NOT NULL DEFAULT 0,
+            circuit_until TEXT,
+            pass_id INTEGER,
+            pass_mode TEXT,
+            pass_started TEXT,
+            pass_since TEXT,
+            pass_cursor TEXT,
+            pass_sweep INTEGER,
+            source_digest TEXT
+        );
+
+        CREATE TABLE passes (
+            id INTEGER PRIMARY KEY,
+            upstream TEXT NOT NULL,
+            mode TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            ended_at TEXT,
+            outcome TEXT NOT NULL,
+            pages INTEGER NOT NULL DEFAULT 0,
+            inserted INTEGER NOT NULL DEFAULT 0,
+            updated INTEGER NOT NULL DEFAULT 0,
+            unchanged INTEGER NOT NULL DEFAULT 0,
+            removed INTEGER NOT NULL DEFAULT 0,
+            quarantined INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            checkpoint TEXT,
+            resumed_from INTEGER
+        );
+        CREATE INDEX passes_upstream ON passes (upstream, id);
+
+        CREATE TABLE quarantine (
+            upstream TEXT NOT NULL,
+            key TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            raw TEXT NOT NULL,
+            first_seen TEXT NOT NULL,
+            last_seen TEXT NOT NULL,
+            PRIMARY KEY (upstream, key)
+        );
+
+        CREATE TABLE rule_hits (
+            view TEXT NOT NULL,
+            rule TEXT NOT NULL,
+            hits INTEGER NOT NULL,
+            PRIMARY KEY (view, rule)
+        );
+
+        CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        """,
+    ),
+)
+
+
+async def migrate(db: aiosqlite.Connection) -> list[str]:
+    """Apply pending migrations in order; return the names applied."""
+    await db.execute(
+        "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+    )
+    await db.commit()
+    async with db.execute("SELECT name FROM migrations") as cursor:
+        done = {row[0] for row in await cursor.fetchall()}
+    applied = []
+    for name, script in MIGRATIONS:
+        if name in done:
+            continue
+        # executescript would COMMIT on its own; run statement by statement inside one transaction.
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in script.split(";"):
+                if statement.strip():
+                    await db.execute(statement)
+            await db.execute(
+                "INSERT INTO migrations (name, applied_at) "
+                "VALUES (?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+                (name,),
+            )
+            await db.commit()
+        except BaseException:
+            await db.rollback()
+            raise
+        applied.append(name)
+    return applied

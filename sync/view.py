@@ -1,0 +1,239 @@
+"""The served view, computed: ownership, rules, version caps, latest, and the served `_meta`.
+
+Pure functions over the stored entries of a few names. The engine calls `build` for the names
+a page touched (and `reapply` walks every name in batches); the store then writes only the
+rows whose served form changed, so the mirror's `updatedAt` moves exactly when a client would
+see a difference. A row served once and no longer allowed becomes a tombstone (status
+`deleted`, the reason under the mirror's key) so that downstream mirrors learn of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sync.rules import Candidate, Outcome, RuleSet, evaluate
+from sync.store.records import ExistingServed, ServedRow, StoredEntry
+from sync.versions import latest_of, parse_timestamp, version_key
+from sync.wire import OFFICIAL
+
+__all__ = ["Build", "EntryDecision", "build", "decide"]
+
+STAMP = "{stamp}"
+
+
+@dataclass(frozen=True, slots=True)
+class EntryDecision:
+    """Why one stored entry is, or is not, served."""
+
+    entry: StoredEntry
+    outcome: Outcome | None
+    served: bool
+    reason: str
+    is_latest: bool = False
+
+
+@dataclass(slots=True)
+class Build:
+    rows: list[ServedRow] = field(default_factory=list)
+    hits: Counter[str] = field(default_factory=Counter)
+    decisions: dict[str, list[EntryDecision]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Served:
+    """Adapter giving latest_of the served status rather than the upstream one."""
+
+    entry: StoredEntry
+    outcome: Outcome
+
+    @property
+    def version(self) -> str:
+        return self.entry.version
+
+    @property
+    def published_at(self) -> str | None:
+        return self.entry.published_at or self.entry.first_seen_at
+
+    @property
+    def status(self) -> str:
+        return self.outcome.status
+
+
+def decide(
+    entries: Sequence[StoredEntry], order: Sequence[str], rules: Mapping[str, RuleSet]
+) -> tuple[list[EntryDecision], Counter[str]]:
+    """Every stored entry of one name, with its verdict; precedence follows `order`."""
+    hits: Counter[str] = Counter()
+    rank = {name: i for i, name in enumerate(order)}
+    known = [e for e in entries if e.upstream in rank]
+    holders = sorted({e.upstream for e in known if e.removed_at is None}, key=rank.__getitem__)
+    owner = holders[0] if holders else None
+    decisions: list[EntryDecision] = []
+    kept: list[_Served] = []
+    for entry in sorted(entries, key=lambda e: (rank.get(e.upstream, len(rank)), e.version)):
+        if entry.upstream not in rank:
+            reason = f"upstream {entry.upstream!r} is no longer configured"
+            decisions.append(EntryDecision(entry, None, False, reason))
+        elif entry.upstream != owner:
+            reason = (
+                f"shadowed: the name belongs to upstream {owner!r}, which comes first"
+                if owner
+                else "removed upstream"
+            )
+            decisions.append(EntryDecision(entry, None, False, reason))
+        elif entry.removed_at is not None:
+            reason = f"removed: upstream no longer lists it (since {entry.removed_at})"
+            decisions.append(EntryDecision(entry, None, False, reason))
+        else:
+            candidate = Candidate(
+                entry.upstream,
+                entry.name,
+                entry.version,
+                entry.status,
+                entry.status_message,
+                entry.description,
+                entry.server,
+            )
+            ruleset = rules[entry.upstream]
+            outcome = evaluate(candidate, ruleset.rules)
+            hits.update(effect.rule for effect in outcome.effects)
+            if outcome.kept:
+                kept.append(_Served(entry, outcome))
+            else:
+                decisions.append(EntryDecision(entry, outcome, False, outcome.effects[-1].reason))
+    if owner is not None:
+        for rule, cap in rules[owner].latest_versions:
+            newest = sorted(kept, key=lambda s: version_key(s.version, s.published_at))[-cap:]
+            for dropped in [s for s in kept if s not in newest]:
+                hits[rule] += 1
+                reason = f"not among the {cap} newest versions"
+                decisions.append(EntryDecision(dropped.entry, dropped.outcome, False, reason))
+            kept = newest
+    latest = latest_of(kept)
+    for served in kept:
+        is_latest = served is latest
+        decisions.append(EntryDecision(served.entry, served.outcome, True, "served", is_latest))
+    return decisions, hits
+
+
+def build(
+    entries: Iterable[StoredEntry],
+    order: Sequence[str],
+    rules: Mapping[str, RuleSet],
+    namespace: str,
+    existing: Mapping[tuple[str, str], ExistingServed],
+    *,
+    explain: bool = False,
+) -> Build:
+    """Served rows (and tombstones) for every name among `entries`."""
+    by_name: dict[str, list[StoredEntry]] = defaultdict(list)
+    by_id: dict[int, StoredEntry] = {}
+    for entry in entries:
+        by_name[entry.name].append(entry)
+        by_id[entry.id] = entry
+    result = Build()
+    for name, group in by_name.items():
+        decisions, hits = decide(group, order, rules)
+        result.hits.update(hits)
+        if explain:
+            result.decisions[name] = decisions
+        served_keys = set()
+        reasons: dict[int, str] = {}
+        for d in decisions:
+            if d.served and d.outcome is not None:
+                served_keys.add(d.entry.version)
+                result.rows.append(_row(d.entry, d.outcome, d.is_latest, namespace))
+            else:
+                reasons[d.entry.id] = d.reason
+        for (row_name, version), before in existing.items():
+            if row_name != name or version in served_keys:
+                continue
+            withdrawn = by_id.get(before.entry_id)
+            if withdrawn is None:
+                continue
+            reason = reasons.get(withdrawn.id, "no longer served")
+            result.rows.append(_tombstone(withdrawn, reason, namespace))
+    return result
+
+
+def _passthrough(entry: StoredEntry, namespace: str) -> dict[str, Any]:
+    """Response-level `_meta` keys of other registries travel on untouched."""
+    if not entry.meta:
+        return {}
+    try:
+        meta = json.loads(entry.meta)
+    except ValueError:
+        return {}
+    if not isinstance(meta, dict):
+        return {}
+    return {k: v for k, v in meta.items() if k not in (OFFICIAL, namespace)}
+
+
+def _render(
+    entry: StoredEntry,
+    status: str,
+    message: str | None,
+    is_latest: bool,
+    namespace: str,
+    extra: Mapping[str, Any],
+) -> str:
+    official: dict[str, Any] = {"status": status}
+    if message:
+        official["statusMessage"] = message
+    if entry.status_changed_at:
+        official["statusChangedAt"] = entry.status_changed_at
+    official["publishedAt"] = entry.published_at or entry.first_seen_at
+    official["updatedAt"] = STAMP
+    official["isLatest"] = is_latest
+    own: dict[str, Any] = dict(extra)
+    own["upstream"] = entry.upstream
+    if entry.upstream_updated_at:
+        own["upstreamUpdatedAt"] = entry.upstream_updated_at
+    own["syncedAt"] = entry.stored_at
+    meta = {OFFICIAL: official, **_passthrough(entry, namespace), namespace: own}
+    return json.dumps(meta, ensure_ascii=False, separators=(",", ":"))
+
+
+def _form(entry: StoredEntry, status: str, is_latest: bool, meta: str) -> bytes:
+    text = f"{entry.id}\0{status}\0{int(is_latest)}\0{meta}"
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+def _row(entry: StoredEntry, outcome: Outcome, is_latest: bool, namespace: str) -> ServedRow:
+    extra: dict[str, Any] = dict(outcome.meta)
+    if outcome.decision is not None:
+        extra["decision"] = outcome.decision
+    meta = _render(entry, outcome.status, outcome.status_message, is_latest, namespace, extra)
+    return ServedRow(
+        entry.name,
+        entry.version,
+        entry.id,
+        entry.upstream,
+        outcome.status,
+        is_latest,
+        parse_timestamp(entry.published_at or entry.first_seen_at),
+        entry.description,
+        _form(entry, outcome.status, is_latest, meta),
+        meta,
+    )
+
+
+def _tombstone(entry: StoredEntry, reason: str, namespace: str) -> ServedRow:
+    meta = _render(entry, "deleted", None, False, namespace, {"withdrawn": reason})
+    return ServedRow(
+        entry.name,
+        entry.version,
+        entry.id,
+        entry.upstream,
+        "deleted",
+        False,
+        parse_timestamp(entry.published_at or entry.first_seen_at),
+        entry.description,
+        _form(entry, "deleted", False, meta),
+        meta,
+    )

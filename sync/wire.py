@@ -1,0 +1,280 @@
+"""Reading registry pages off the wire without losing a byte.
+
+The official registry re-marshals `server` from its Go model, other registries may not, and
+tomorrow's schema adds fields we do not know: so each entry's `server` and `_meta` are kept as
+the exact text received. The page is walked with the C JSON scanner (`raw_decode`), which parses
+every value once and tells where it ends, so the raw spans cost no second parse.
+
+Accepted shapes: the current envelope `{"servers": [{"server", "_meta"}], "metadata":
+{"nextCursor"}}`; the 2025-07 flat envelope (server objects carrying their official `_meta`
+inside, `next_cursor`); and a bare JSON list of either (dumps, seed files).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+__all__ = [
+    "OFFICIAL",
+    "Entry",
+    "MalformedPage",
+    "Page",
+    "Rejected",
+    "parse_page",
+]
+
+OFFICIAL = "io.modelcontextprotocol.registry/official"
+STATUSES = frozenset({"active", "deprecated", "deleted"})
+NAME = re.compile(r"^[a-zA-Z0-9.-]+/[a-zA-Z0-9._-]+$")
+_WS = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+class MalformedPage(ValueError):
+    """The body is not a registry page at all (HTML, truncated, wrong shape)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One upstream server version: raw text as received plus the facts the mirror indexes."""
+
+    name: str
+    version: str
+    server: str
+    meta: str | None
+    status: str
+    status_message: str | None
+    status_changed_at: str | None
+    published_at: str | None
+    updated_at: str | None
+    description: str
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An entry that cannot be mirrored, and why; it goes to quarantine, not to the mirror."""
+
+    key: str
+    reason: str
+    raw: str
+
+
+@dataclass(slots=True)
+class Page:
+    entries: list[Entry] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    next_cursor: str | None = None
+
+
+def _skip(text: str, i: int) -> int:
+    match = _WS.match(text, i)
+    return match.end() if match else i
+
+
+def _key(text: str, i: int) -> tuple[str, int]:
+    """Read `"key" :` at text[i]; return the key and where its value starts."""
+    key, i = _DECODER.raw_decode(text, i)
+    if not isinstance(key, str):
+        raise MalformedPage("object key is not a string")
+    i = _skip(text, i)
+    if not text.startswith(":", i):
+        raise MalformedPage(f"expected ':' at offset {i}")
+    return key, _skip(text, i + 1)
+
+
+def _next(text: str, i: int, close: str) -> int | None:
+    """After a value: the start of the next one, or None when `close` ends the container."""
+    i = _skip(text, i)
+    if text.startswith(",", i):
+        return _skip(text, i + 1)
+    if text.startswith(close, i):
+        return None
+    raise MalformedPage(f"expected ',' or '{close}' at offset {i}")
+
+
+_Members = dict[str, tuple[Any, int, int]]
+
+
+def _members(text: str, i: int) -> tuple[_Members, int]:
+    """Each member of the object at text[i] == '{' as key -> (value, start, end), and its end."""
+    members: _Members = {}
+    i = _skip(text, i + 1)
+    if text.startswith("}", i):
+        return members, i + 1
+    while True:
+        key, start = _key(text, i)
+        value, end = _DECODER.raw_decode(text, start)
+        members[key] = (value, start, end)
+        nxt = _next(text, end, "}")
+        if nxt is None:
+            return members, _skip(text, end) + 1
+        i = nxt
+
+
+def parse_page(body: str, *, max_entry_chars: int = 1 << 20) -> Page:
+    """Split a page body into entries, rejected entries and the next cursor.
+
+    Raises MalformedPage when the body as a whole is unreadable, which callers treat as a
+    transient upstream fault; a single bad entry is only rejected.
+    """
+    text = body.removeprefix("\ufeff")
+    i = _skip(text, 0)
+    page = Page()
+    try:
+        if text.startswith("[", i):
+            end = _collect(text, i, page, max_entry_chars)
+        elif text.startswith("{", i):
+            end = _envelope(text, i, page, max_entry_chars)
+        else:
+            raise MalformedPage("response is not JSON (expected an object or a list)")
+    except (json.JSONDecodeError, RecursionError, IndexError) as exc:
+        raise MalformedPage(f"invalid JSON: {exc}") from None
+    if _skip(text, end) != len(text):
+        raise MalformedPage("trailing data after the JSON document")
+    return page
+
+
+def _envelope(text: str, i: int, page: Page, max_chars: int) -> int:
+    """Walk `{"servers": [...], "metadata": {...}}`; return the offset after its '}'."""
+    seen_list = False
+    i = _skip(text, i + 1)
+    while not text.startswith("}", i):
+        key, start = _key(text, i)
+        if key == "servers" and text.startswith("[", start):
+            seen_list = True
+            end = _collect(text, start, page, max_chars)
+        else:
+            value, end = _DECODER.raw_decode(text, start)
+            if key == "metadata" and isinstance(value, dict):
+                cursor = value.get("nextCursor", value.get("next_cursor"))
+                page.next_cursor = cursor if isinstance(cursor, str) and cursor else None
+        nxt = _next(text, end, "}")
+        if nxt is None:
+            i = _skip(text, end)
+            break
+        i = nxt
+    if not seen_list:
+        raise MalformedPage("no 'servers' list in the response")
+    return i + 1
+
+
+def _collect(text: str, i: int, page: Page, max_chars: int) -> int:
+    """Parse each element of the array at text[i] == '['; return the offset after its ']'."""
+    i = _skip(text, i + 1)
+    if text.startswith("]", i):
+        return i + 1
+    while True:
+        if text.startswith("{", i):
+            members, end = _members(text, i)
+            outcome = _entry(text, members, i, end, max_chars)
+        else:
+            _, end = _DECODER.raw_decode(text, i)
+            outcome = _reject("entry is not a JSON object", text[i:end])
+        if isinstance(outcome, Entry):
+            page.entries.append(outcome)
+        else:
+            page.rejected.append(outcome)
+        nxt = _next(text, end, "]")
+        if nxt is None:
+            return _skip(text, end) + 1
+        i = nxt
+
+
+def _reject(reason: str, raw: str, name: object = None, version: object = None) -> Rejected:
+    if isinstance(name, str) and isinstance(version, str):
+        key = f"{name}@{version}"
+    else:
+        key = "sha256:" + hashlib.sha256(raw.encode()).hexdigest()[:24]
+    return Rejected(key=key[:600], reason=reason, raw=raw[:4096])
+
+
+def _entry(text: str, spans: _Members, start: int, end: int, max_chars: int) -> Entry | Rejected:
+    raw = text[start:end]
+    if end - start > max_chars:
+        return _reject(f"entry is {end - start} characters, over the {max_chars} cap", raw)
+    if "server" in spans:
+        server, s, e = spans["server"]
+        server_raw = text[s:e]
+        meta_value = spans.get("_meta", (None, 0, 0))
+        meta, meta_raw = meta_value[0], text[meta_value[1] : meta_value[2]] or None
+    else:  # 2025-07 flat shape: the item is the server, official facts in its own _meta
+        server, server_raw, meta, meta_raw = {k: v[0] for k, v in spans.items()}, raw, None, None
+    if not isinstance(server, dict):
+        return _reject("'server' is not a JSON object", raw)
+    name, version = server.get("name"), server.get("version")
+    if not isinstance(name, str) or not name:
+        return _reject("missing or non-string 'name'", raw, name, version)
+    if not isinstance(version, str) or not version:
+        return _reject("missing or non-string 'version'", raw, name, version)
+    if not (3 <= len(name) <= 200 and NAME.match(name)):
+        reason = "name does not match the server.json pattern namespace/name"
+        return _reject(reason, raw, name, version)
+    if len(version) > 255:
+        return _reject("version is longer than 255 characters", raw, name, version)
+    if meta is not None and not isinstance(meta, dict):
+        return _reject("'_meta' is not a JSON object", raw, name, version)
+    description = server.get("description", "")
+    if not isinstance(description, str):
+        return _reject("'description' is not a string", raw, name, version)
+    facts = _official(meta, server)
+    if isinstance(facts, str):
+        return _reject(facts, raw, name, version)
+    status, message, changed, published, updated = facts
+    digest = hashlib.blake2b(
+        server_raw.encode() + b"\0" + (meta_raw or "").encode(), digest_size=16
+    ).digest()
+    return Entry(
+        name,
+        version,
+        server_raw,
+        meta_raw,
+        status,
+        message,
+        changed,
+        published,
+        updated,
+        description,
+        digest,
+    )
+
+
+_Facts = tuple[str, str | None, str | None, str | None, str | None]
+
+
+def _official(meta: dict[str, Any] | None, server: dict[str, Any]) -> _Facts | str:
+    """The official facts, from the current nesting or the 2025-07 snake_case one."""
+    official: dict[str, Any] = {}
+    for source in (meta, server.get("_meta")):
+        if isinstance(source, dict) and isinstance(source.get(OFFICIAL), dict):
+            official = source[OFFICIAL]
+            break
+    status = official.get("status", server.get("status", "active"))
+    if status not in STATUSES:
+        return f"unknown status {status!r}"
+    values: list[str | None] = []
+    for camel, snake in (
+        ("statusMessage", "status_message"),
+        ("statusChangedAt", "status_changed_at"),
+        ("publishedAt", "published_at"),
+        ("updatedAt", "updated_at"),
+    ):
+        value = official.get(camel, official.get(snake))
+        if value is not None and not isinstance(value, str):
+            return f"official '{camel}' is not a string"
+        if value is not None and camel != "statusMessage" and not _is_timestamp(value):
+            return f"official '{camel}' is not an RFC 3339 timestamp: {value[:40]!r}"
+        values.append(value)
+    return (status, values[0], values[1], values[2], values[3])
+
+
+def _is_timestamp(value: str) -> bool:
+    try:
+        return datetime.fromisoformat(value).tzinfo is not None
+    except ValueError:
+        return False

@@ -1,0 +1,102 @@
+"""Real parts at every edge: a fake registry on a loopback port, SQLite under tmp_path."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from aiohttp.test_utils import TestServer
+
+from sync.config import Config, config_from_mapping
+from sync.engine import Engine
+from sync.metrics import Metrics
+from sync.store import Reader, Store
+from tests.fake_upstream import FakeRegistry
+
+DATA = Path(__file__).parent / "data"
+
+
+async def no_sleep(_: float) -> None:
+    """Retries and page delays pass instantly in tests; the waits asked for are recorded."""
+
+
+@pytest.fixture(scope="session")
+def catalogue() -> list[dict[str, Any]]:
+    with (DATA / "registry-2025-12-12.json").open(encoding="utf-8") as f:
+        items: list[dict[str, Any]] = json.load(f)["servers"]
+    return items
+
+
+@pytest.fixture
+def fake(catalogue: list[dict[str, Any]]) -> FakeRegistry:
+    return FakeRegistry(json.loads(json.dumps(catalogue)))
+
+
+@pytest.fixture
+async def fake_url(fake: FakeRegistry) -> AsyncIterator[str]:
+    server = TestServer(fake.app())
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., Config]:
+    def make(*upstreams: dict[str, Any], **sections: Any) -> Config:
+        data: dict[str, Any] = {
+            "storage": {"path": str(tmp_path / "mirror.db")},
+            "upstreams": [{"page_delay": 0, "retries": 3, **u} for u in upstreams],
+            **sections,
+        }
+        return config_from_mapping(data)
+
+    return make
+
+
+@pytest.fixture
+def config(make_config: Callable[..., Config], fake_url: str) -> Config:
+    return make_config({"name": "official", "url": fake_url})
+
+
+@pytest.fixture
+async def store(config: Config) -> AsyncIterator[Store]:
+    opened = await Store.open(config.storage.path)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()
+
+
+@pytest.fixture
+async def engine(config: Config, store: Store, metrics: Metrics) -> AsyncIterator[Engine]:
+    made = Engine(config, store, metrics, sleep=no_sleep, backoff=(0.0, 0.0))
+    await made.startup()
+    try:
+        yield made
+    finally:
+        await made.close()
+
+
+@pytest.fixture
+async def reader(config: Config, store: Store) -> AsyncIterator[Reader]:
+    opened = await Reader.open(config.storage.path)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture(autouse=True)
+def _clean_log_context() -> None:
+    structlog.contextvars.clear_contextvars()
