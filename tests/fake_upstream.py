@@ -43,7 +43,7 @@ class Row:
 
     @property
     def key(self) -> tuple[str, str]:
-        return (self.server["name"], self.server["version"])
+        return (str(self.server.get("name", "")), str(self.server.get("version", "")))
 
     def server_text(self) -> str:
         return go_json(self.server)
@@ -78,11 +78,14 @@ class FakeRegistry:
         stamp = go_time(self.now())
         name = server["name"]
         current = [r for r in self.rows.values() if r.key[0] == name and r.official["isLatest"]]
-        row = Row(server, {"status": "active", "publishedAt": stamp, "updatedAt": stamp,
-                           "isLatest": False})
+        row = Row(
+            server,
+            {"status": "active", "publishedAt": stamp, "updatedAt": stamp, "isLatest": False},
+        )
         new_key = version_key(server["version"], stamp)
-        if not current or new_key > version_key(current[0].key[1], current[0].official[
-                "publishedAt"]):
+        if not current or new_key > version_key(
+            current[0].key[1], current[0].official["publishedAt"]
+        ):
             for old in current:
                 old.official["isLatest"] = False  # upstream does not bump updatedAt here
             row.official["isLatest"] = True
@@ -101,6 +104,15 @@ class FakeRegistry:
             row.official.pop("statusMessage", None)
         row.official["updatedAt"] = stamp
 
+    def add_raw(self, server: dict[str, Any]) -> Row:
+        """Insert an entry as-is, bypassing every rule (for poison entries)."""
+        stamp = go_time(self.now())
+        row = Row(
+            server, {"status": "active", "publishedAt": stamp, "updatedAt": stamp, "isLatest": True}
+        )
+        self.rows[row.key] = row
+        return row
+
     def edit(self, name: str, version: str, **changes: Any) -> None:
         row = self.rows[(name, version)]
         row.server = {**row.server, **changes}
@@ -114,11 +126,17 @@ class FakeRegistry:
             app.router.add_get(f"{prefix}/servers", self.list_servers)
         return app
 
-    def fail(self, status: int, body: str = "", headers: dict[str, str] | None = None,
-             times: int = 1) -> None:
+    def fail(
+        self, status: int, body: str = "", headers: dict[str, str] | None = None, times: int = 1
+    ) -> None:
         async def fault(_: web.Request) -> web.StreamResponse:
-            return web.Response(status=status, text=body, headers=headers,
-                                content_type="text/html" if body.startswith("<") else None)
+            return web.Response(
+                status=status,
+                text=body,
+                headers=headers,
+                content_type="text/html" if body.startswith("<") else None,
+            )
+
         self.faults.extend([fault] * times)
 
     async def list_servers(self, request: web.Request) -> web.StreamResponse:
@@ -135,8 +153,10 @@ class FakeRegistry:
         except ValueError:
             limit = -1
         if not 1 <= limit <= 100:
-            return web.json_response({"title": "Unprocessable Entity", "status": 422,
-                                      "detail": "validation failed"}, status=422)
+            return web.json_response(
+                {"title": "Unprocessable Entity", "status": 422, "detail": "validation failed"},
+                status=422,
+            )
         include_deleted = query.get("include_deleted") == "true"
         since = None
         if "updated_since" in query:
