@@ -10,7 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+import structlog
+from aiohttp import web
+
 from sync import __version__
+from sync.app import create_app
 from sync.config import DEFAULT_VIEW, Config, load_config
 from sync.engine import Engine
 from sync.errors import ConfigError, StoreError
@@ -33,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--upstream", metavar="NAME", help="only this upstream")
     status = commands.add_parser("status", help="checkpoints, passes, errors, quarantine")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    serve = commands.add_parser("serve", help="run the API and the scheduled passes")
+    serve.add_argument(
+        "--no-sync", action="store_true", help="serve only (an API replica of a synced file)"
+    )
     export = commands.add_parser("export", help="write the served catalogue as a list envelope")
     export.add_argument("--output", type=Path, help="file to write (default: standard output)")
     return parser
@@ -45,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(config.logging)
         if args.command == "sync":
             return asyncio.run(_sync(config, full=args.full, only=args.upstream))
+        if args.command == "serve":
+            return _serve(config, sync=not args.no_sync)
         if args.command == "status":
             return asyncio.run(_status(config, as_json=args.json, out=sys.stdout))
         if args.command == "export":
@@ -75,6 +85,28 @@ async def _sync(config: Config, *, full: bool, only: str | None) -> int:
     finally:
         await engine.close()
         await store.close()
+
+
+def _serve(config: Config, *, sync: bool) -> int:
+    log = structlog.get_logger("sync.cli")
+    log.info(
+        "serve.starting",
+        host=config.api.host,
+        port=config.api.port,
+        base_path=config.api.base_path,
+        sync=sync,
+        version=__version__,
+    )
+    web.run_app(
+        create_app(config, sync=sync),
+        host=config.api.host,
+        port=config.api.port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=config.api.stop_grace + 5,
+    )
+    log.info("serve.stopped")
+    return 0
 
 
 async def _status(config: Config, *, as_json: bool, out: TextIO) -> int:

@@ -33,6 +33,10 @@ Clock = Callable[[], datetime]
 Progress = Callable[[str, PassCounts], None]
 
 
+class _Stopped(Exception):
+    """The daemon is stopping: the pass ends after a committed page and resumes later."""
+
+
 @dataclass(slots=True)
 class PassResult:
     upstream: str
@@ -94,6 +98,7 @@ class Engine:
         self._order = [u.name for u in config.upstreams]
         self._locks = {u.name: asyncio.Lock() for u in config.upstreams}
         self._clients: dict[str, UpstreamClient] = {}
+        self._stopping = False
 
     async def _client(self, config: UpstreamConfig) -> UpstreamClient:
         """One client per upstream for the engine's life, so politeness spans passes."""
@@ -120,11 +125,28 @@ class Engine:
     def running(self, upstream: str) -> bool:
         return self._locks[upstream].locked()
 
+    def stop(self) -> None:
+        """Ask running passes to end after the page they are on; nothing new starts."""
+        self._stopping = True
+
+    async def idle(self) -> None:
+        """Wait until no pass is running."""
+        for lock in self._locks.values():
+            async with lock:
+                pass
+
     async def run(self, upstream: str, *, full: bool = False, probe: bool = False) -> PassResult:
         """One pass of `upstream`; skipped if one is already running in this process, or if
         its circuit is open (unless `full` is forced or `probe` is set by the scheduler)."""
         config = self.config.upstream(upstream)
         lock = self._locks[upstream]
+        if self._stopping:
+            return PassResult(
+                upstream,
+                "full" if full else "incremental",
+                "skipped",
+                error="the daemon is stopping",
+            )
         if lock.locked():
             return PassResult(
                 upstream,
@@ -179,6 +201,9 @@ class Engine:
         except (UpstreamError, MalformedPage, OSError) as exc:
             result.outcome, result.error = "failed", str(exc)
             await self._record_failure(config, state, result)
+        except _Stopped:
+            result.outcome, result.error = "interrupted", "daemon stopping; resumes next start"
+            await self._record_interrupt(result)
         except asyncio.CancelledError:
             result.outcome, result.error = "interrupted", "stopped before the pass completed"
             await asyncio.shield(self._record_interrupt(result))
@@ -232,6 +257,8 @@ class Engine:
             await self._apply_page(config.name, fetched.page, result, sweep, nxt)
             if nxt is None:
                 break
+            if self._stopping:
+                raise _Stopped
             cursor = nxt
         await self._complete(config, plan, result, sweep, started)
 

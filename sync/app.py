@@ -1,0 +1,108 @@
+"""Wiring: the aiohttp application owns every resource as a cleanup context, in order.
+
+writer store → engine → read-only readers → scheduler. The readers open after the writer has
+switched the file to WAL; on stop the scheduler lets a running page commit first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import structlog
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from sync.api import CONFIG, METRICS, READER, VIEW, add_routes
+from sync.config import DEFAULT_VIEW, Config
+from sync.engine import Clock, Engine
+from sync.metrics import Metrics
+from sync.middleware import middlewares
+from sync.store import Reader, Store, utcnow
+
+__all__ = ["ENGINE", "STORE", "create_app"]
+
+log = structlog.get_logger("sync.app")
+STORE = web.AppKey("store", Store)
+ENGINE = web.AppKey("engine", Engine)
+CLOCK: web.AppKey[Clock] = web.AppKey("clock")
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    store = await Store.open(config.storage.path)
+    engine = Engine(config, store, app[METRICS], clock=app[CLOCK], view=app[VIEW])
+    app[STORE], app[ENGINE] = store, engine
+    await engine.startup()
+    try:
+        yield
+    finally:
+        await engine.close()
+        await store.close()
+
+
+async def _reader_ctx(app: web.Application) -> AsyncIterator[None]:
+    reader = await Reader.open(app[CONFIG].storage.path)
+    app[READER] = reader
+    try:
+        yield
+    finally:
+        await reader.close()
+
+
+async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
+    config, engine = app[CONFIG], app[ENGINE]
+    scheduler = AsyncIOScheduler(timezone="UTC")
+    now = app[CLOCK]()
+    for i, upstream in enumerate(config.upstreams):
+        jitter = min(upstream.interval * 0.1, 300.0)
+        scheduler.add_job(
+            engine.run,
+            IntervalTrigger(seconds=upstream.interval, jitter=jitter),
+            args=[upstream.name],
+            id=upstream.name,
+            name=f"sync {upstream.name}",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+            # First passes start at once, spread a little so upstreams do not start together.
+            next_run_time=now + timedelta(seconds=i * 2 + random.random()),  # noqa: S311
+        )
+    scheduler.start()
+    try:
+        yield
+    finally:
+        # APScheduler's shutdown cancels running coroutine jobs rather than waiting for them:
+        # stop new runs, ask running passes to stop after their current page, then wait.
+        scheduler.pause()
+        engine.stop()
+        try:
+            await asyncio.wait_for(engine.idle(), config.api.stop_grace)
+        except TimeoutError:
+            log.warning("app.stop_grace_exceeded", seconds=config.api.stop_grace)
+        scheduler.shutdown(wait=False)
+
+
+def create_app(
+    config: Config,
+    *,
+    metrics: Metrics | None = None,
+    sync: bool = True,
+    clock: Clock = utcnow,
+) -> web.Application:
+    """The API (and, with `sync`, the writer and the scheduler) as one aiohttp application."""
+    app = web.Application(middlewares=middlewares(), client_max_size=1024)
+    app[CONFIG] = config
+    app[METRICS] = metrics or Metrics()
+    app[VIEW] = DEFAULT_VIEW
+    app[CLOCK] = clock
+    if sync:
+        app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_reader_ctx)
+    if sync:
+        app.cleanup_ctx.append(_scheduler_ctx)
+    add_routes(app, config.api.base_path)
+    return app
