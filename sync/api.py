@@ -225,7 +225,7 @@ async def openapi(_: web.Request) -> web.Response:
 
 
 async def read_only(_: web.Request) -> web.Response:
-    raise Problem(405, "this registry is a read-only mirror")
+    return problem(405, "this registry is a read-only mirror", {"Allow": "GET, HEAD, OPTIONS"})
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

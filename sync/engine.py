@@ -387,7 +387,7 @@ class Engine:
 
     async def _record_interrupt(self, result: PassResult) -> None:
         async with self.store.transaction():
-            await self.store.close_interrupted(self._now())
+            await self.store.close_interrupted(self._now(), result.error or "interrupted")
 
     def _observe(self, result: PassResult) -> None:
         if result.outcome == "skipped":

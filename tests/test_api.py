@@ -19,7 +19,7 @@ from sync.app import create_app
 from sync.config import Config, config_from_mapping
 from sync.engine import Engine
 from sync.metrics import Metrics
-from sync.store import Store
+from sync.store import ListQuery, Reader, Store
 from tests.conftest import no_sleep
 from tests.fake_upstream import OFFICIAL, FakeRegistry
 
@@ -367,3 +367,28 @@ class TestProtocol:
             await get_json(client, "/v0.1/servers", 404)
         finally:
             await client.close()
+
+
+class TestIndexes:
+    @pytest.mark.parametrize(("query", "index"), [
+        ({}, "sqlite_autoindex_served_1"),
+        ({"after": ("io.github.a/b", "1.0.0")}, "sqlite_autoindex_served_1"),
+        ({"version": "latest"}, "served_latest"),
+        ({"version": "1.0.0"}, "served_version"),
+        ({"include_deleted": True, "after": ("m", "")}, "sqlite_autoindex_served_1"),
+        ({"updated_since": "2026-11-01T00:00:00.000000Z"}, "sqlite_autoindex_served_1"),
+        ({"updated_since": "2099-01-01T00:00:00.000000Z"}, "served_updated"),
+    ])
+    async def test_list_queries_use_indexes(
+        self, mirror_db: Path, query: dict[str, Any], index: str
+    ) -> None:
+        """Every list query walks an index; only a small updated_since delta is sorted."""
+        reader = await Reader.open(mirror_db, connections=1)
+        reader.sort_delta_max = 1000  # the 2,628 rows since 2026-11-01 are then "many"
+        try:
+            plan = " | ".join(await reader.plan(ListQuery("default", 30, **query)))
+        finally:
+            await reader.close()
+        assert f"s USING INDEX {index}" in plan, plan
+        if index != "served_updated":
+            assert "TEMP B-TREE" not in plan, plan

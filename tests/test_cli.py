@@ -10,35 +10,9 @@ import sys
 from pathlib import Path
 
 from sync.store import Reader, Store
+from tests.cli_helpers import TOKEN, run, write_config
 from tests.fake_upstream import FakeRegistry
 from tests.helpers import assert_mirrors, served
-
-TOKEN = "s3cret-token-value"
-
-
-def write_config(tmp_path: Path, url: str, extra: str = "") -> Path:
-    path = tmp_path / "subregistry.toml"
-    path.write_text(
-        f'[storage]\npath = "{tmp_path / "mirror.db"}"\n'
-        f'[logging]\nformat = "json"\n'
-        f'[[upstreams]]\nname = "official"\nurl = "{url}"\npage_delay = 0\nretries = 1\n'
-        f'headers = {{ Authorization = "Bearer {TOKEN}" }}\n{extra}'
-    )
-    return path
-
-
-async def run(*args: str | Path) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sync",
-        *map(str, args),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 class TestSync:

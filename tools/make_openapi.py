@@ -60,10 +60,12 @@ def main(source: str) -> None:
             "422": "limit or include_deleted invalid",
         },
         "/servers/{serverName}/versions": {
+            "400": "NUL byte in the request",
             "404": "Server not found",
             "422": "include_deleted invalid",
         },
         "/servers/{serverName}/versions/{version}": {
+            "400": "NUL byte in the request",
             "404": "Server or version not found",
             "422": "include_deleted invalid",
         },
@@ -71,6 +73,10 @@ def main(source: str) -> None:
     for path, codes in reads.items():
         operation = copy.deepcopy(spec["paths"][f"/v0.1{path}"]["get"])
         _errors(operation, codes)
+        for parameter in operation.get("parameters", []):
+            if parameter["name"] == "limit":  # what the official service enforces (422)
+                parameter["schema"] = {"type": "integer", "minimum": 1, "maximum": 100,
+                                       "default": 30}
         for prefix in ("/v0.1", "/v0"):
             op = copy.deepcopy(operation)
             if "operationId" in op:
@@ -117,6 +123,18 @@ def main(source: str) -> None:
         if len(needed) == before:
             break
     components = {name: schemas[name] for name in sorted(needed) if name in schemas}
+    # Upstream publishes `"repository": {}` (269 entries on 2025-12-12) and the mirror serves
+    # what upstream published, so the mirror's spec cannot promise the fields are there.
+    repository = copy.deepcopy(components["Repository"])
+    repository.pop("required", None)
+    repository["description"] += (
+        " Served as published upstream: may be an empty object, so no field is required."
+    )
+    components["Repository"] = repository
+    # Likewise upstream serves package versions such as "latest" that its schema forbids.
+    package = copy.deepcopy(components["Package"])
+    package["properties"]["version"].pop("not", None)
+    components["Package"] = package
     components["Problem"] = {
         "type": "object",
         "required": ["title", "status"],

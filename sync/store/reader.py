@@ -48,8 +48,11 @@ def _like(term: str) -> str:
 
 
 class Reader:
-    def __init__(self, connections: list[aiosqlite.Connection]) -> None:
+    def __init__(
+        self, connections: list[aiosqlite.Connection], *, sort_delta_max: int = 5000
+    ) -> None:
         self._connections = connections
+        self.sort_delta_max = sort_delta_max
         self._next = itertools.cycle(connections)
 
     @classmethod
@@ -83,7 +86,27 @@ class Reader:
 
     async def list_servers(self, q: ListQuery) -> list[ServedItem]:
         """Up to `q.limit + 1` items in (name, version) order, so callers can tell if more exist."""
-        where, params = ["s.view = ?"], [q.view]
+        sql, params = await self._list_sql(q)
+        return [tuple(r) for r in await self._all(sql, params)]
+
+    async def plan(self, q: ListQuery) -> list[str]:
+        """SQLite's query plan for a list query: how ops (and tests) see that it uses indexes."""
+        sql, params = await self._list_sql(q)
+        return [str(row[3]) for row in await self._all(f"EXPLAIN QUERY PLAN {sql}", params)]
+
+    async def _small_delta(self, view: str, since: str) -> bool:
+        """Whether at most `sort_delta_max` rows changed since `since`, so that sorting them
+        is cheap; counted by the index and never past the threshold."""
+        rows = await self._all(
+            "SELECT count(*) FROM (SELECT 1 FROM served WHERE view = ? AND updated_at > ? "
+            "LIMIT ?)",
+            (view, since, self.sort_delta_max + 1),
+        )
+        return int(rows[0][0]) <= self.sort_delta_max
+
+    async def _list_sql(self, q: ListQuery) -> tuple[str, tuple[object, ...]]:
+        where: list[str] = ["s.view = ?"]
+        params: list[object] = [q.view]
         if q.after is not None:
             where.append("(s.name, s.version) > (?, ?)")
             params += q.after
@@ -95,14 +118,16 @@ class Reader:
             where.append("s.version = ?")
             params.append(q.version)
         if q.updated_since is not None:
-            where.append("s.updated_at > ?")
+            # An incremental pull reads few rows: find them by time and sort them. A pull from
+            # long ago reads most rows: walk the name index and filter instead of sorting it all.
+            small = await self._small_delta(q.view, q.updated_since)
+            where.append("s.updated_at > ?" if small else "+s.updated_at > ?")
             params.append(q.updated_since)
         if q.search:
             where.append("(s.name LIKE ? ESCAPE '\\' OR s.description LIKE ? ESCAPE '\\')")
             params += [_like(q.search)] * 2
         sql = f"{_ITEM} WHERE {' AND '.join(where)} ORDER BY s.name, s.version LIMIT ?"
-        rows = await self._all(sql, (*params, q.limit + 1))
-        return [tuple(r) for r in rows]
+        return sql, (*params, q.limit + 1)
 
     async def versions(self, view: str, name: str, *, include_deleted: bool) -> list[ServedItem]:
         hidden = "" if include_deleted else "AND s.status != 'deleted'"

@@ -152,13 +152,14 @@ class Store:
         assert row is not None
         return UpstreamState(*row)
 
-    async def close_interrupted(self, now: str) -> int:
-        """Passes still marked running belong to a process that died: close them."""
+    async def close_interrupted(
+        self, now: str, reason: str = "process stopped before the pass completed"
+    ) -> int:
+        """Passes still marked running were stopped, or belong to a process that died."""
         cursor = await self._db.execute(
-            "UPDATE passes SET outcome = 'interrupted', ended_at = ?, "
-            "error = coalesce(error, 'process stopped before the pass completed') "
+            "UPDATE passes SET outcome = 'interrupted', ended_at = ?, error = ? "
             "WHERE outcome = 'running'",
-            (now,),
+            (now, reason),
         )
         return cursor.rowcount
 

@@ -1,0 +1,38 @@
+"""Running `subregistry` as a real process in tests."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+TOKEN = "s3cret-token-value"
+
+
+def write_config(
+    tmp_path: Path, url: str, extra: str = "", *, before_upstreams: bool = False
+) -> Path:
+    """A TOML config for a real process; `extra` goes after the upstream, or before it."""
+    head = f'[storage]\npath = "{tmp_path / "mirror.db"}"\n[logging]\nformat = "json"\n'
+    upstream = (
+        f'[[upstreams]]\nname = "official"\nurl = "{url}"\npage_delay = 0\nretries = 1\n'
+        f'headers = {{ Authorization = "Bearer {TOKEN}" }}\n'
+    )
+    path = tmp_path / "subregistry.toml"
+    text = head + extra + upstream if before_upstreams else head + upstream + extra
+    path.write_text(text)
+    return path
+
+
+async def run(*args: str | Path) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sync",
+        *map(str, args),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()

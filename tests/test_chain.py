@@ -1,0 +1,71 @@
+"""Mirrors chain: a second mirror pulling from the first's API ends up identical."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestServer
+
+from sync.app import create_app
+from sync.config import config_from_mapping
+from sync.engine import Engine
+from sync.metrics import Metrics
+from sync.store import Reader, Store
+from tests.conftest import no_sleep
+from tests.fake_upstream import FakeRegistry
+from tests.helpers import official, served
+
+
+def _facts(mirror: dict[tuple[str, str], dict[str, Any]]) -> dict[Any, Any]:
+    return {
+        key: (item["server"], {k: v for k, v in official(item).items() if k != "updatedAt"})
+        for key, item in mirror.items()
+    }
+
+
+async def test_second_mirror_follows_the_first(
+    tmp_path: Path, fake: FakeRegistry, fake_url: str
+) -> None:
+    def config(name: str, url: str) -> Any:
+        return config_from_mapping(
+            {
+                "storage": {"path": str(tmp_path / f"{name}.db")},
+                "upstreams": [{"name": "up", "url": url, "page_delay": 0, "overlap": 0}],
+            }
+        )
+
+    first_config = config("first", fake_url)
+    first_store = await Store.open(first_config.storage.path)
+    first = Engine(first_config, first_store, Metrics(), sleep=no_sleep)
+    assert (await first.run("up")).outcome == "ok"
+    api = TestServer(create_app(first_config, sync=False))
+    await api.start_server()
+    second_config = config("second", str(api.make_url("")).rstrip("/"))
+    second_store = await Store.open(second_config.storage.path)
+    second = Engine(second_config, second_store, Metrics(), sleep=no_sleep)
+    readers = [await Reader.open(c.storage.path) for c in (first_config, second_config)]
+    try:
+        result = await second.run("up")
+        assert (result.outcome, result.mode, result.counts.inserted) == ("ok", "full", 2628)
+        assert _facts(await served(readers[1])) == _facts(await served(readers[0]))
+
+        keys = sorted(fake.rows)
+        fake.edit(*keys[5], description="edited upstream of the first mirror")
+        fake.set_status(*keys[50], "deleted")
+        fake.set_status(*keys[500], "deprecated", "moved")
+        template = fake.rows[keys[700]].server
+        fake.publish({**template, "version": "999.0.0"})
+        assert (await first.run("up")).mode == "incremental"
+        result = await second.run("up")
+        assert (result.outcome, result.mode) == ("ok", "incremental")
+        # Exactly the difference travels: 3 changed rows, 1 new, and the old latest's flip.
+        assert result.counts.inserted == 1 and result.counts.updated == 4
+        assert _facts(await served(readers[1])) == _facts(await served(readers[0]))
+    finally:
+        for reader in readers:
+            await reader.close()
+        await api.close()
+        for engine, store in ((first, first_store), (second, second_store)):
+            await engine.close()
+            await store.close()
