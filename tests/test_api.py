@@ -370,15 +370,18 @@ class TestProtocol:
 
 
 class TestIndexes:
-    @pytest.mark.parametrize(("query", "index"), [
-        ({}, "sqlite_autoindex_served_1"),
-        ({"after": ("io.github.a/b", "1.0.0")}, "sqlite_autoindex_served_1"),
-        ({"version": "latest"}, "served_latest"),
-        ({"version": "1.0.0"}, "served_version"),
-        ({"include_deleted": True, "after": ("m", "")}, "sqlite_autoindex_served_1"),
-        ({"updated_since": "2026-11-01T00:00:00.000000Z"}, "sqlite_autoindex_served_1"),
-        ({"updated_since": "2099-01-01T00:00:00.000000Z"}, "served_updated"),
-    ])
+    @pytest.mark.parametrize(
+        ("query", "index"),
+        [
+            ({}, "sqlite_autoindex_served_1"),
+            ({"after": ("io.github.a/b", "1.0.0")}, "sqlite_autoindex_served_1"),
+            ({"version": "latest"}, "served_latest"),
+            ({"version": "1.0.0"}, "served_version"),
+            ({"include_deleted": True, "after": ("m", "")}, "sqlite_autoindex_served_1"),
+            ({"updated_since": "2026-11-01T00:00:00.000000Z"}, "sqlite_autoindex_served_1"),
+            ({"updated_since": "2099-01-01T00:00:00.000000Z"}, "served_updated"),
+        ],
+    )
     async def test_list_queries_use_indexes(
         self, mirror_db: Path, query: dict[str, Any], index: str
     ) -> None:

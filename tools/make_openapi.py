@@ -75,8 +75,12 @@ def main(source: str) -> None:
         _errors(operation, codes)
         for parameter in operation.get("parameters", []):
             if parameter["name"] == "limit":  # what the official service enforces (422)
-                parameter["schema"] = {"type": "integer", "minimum": 1, "maximum": 100,
-                                       "default": 30}
+                parameter["schema"] = {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": 100,
+                    "default": 30,
+                }
         for prefix in ("/v0.1", "/v0"):
             op = copy.deepcopy(operation)
             if "operationId" in op:

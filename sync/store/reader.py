@@ -98,8 +98,7 @@ class Reader:
         """Whether at most `sort_delta_max` rows changed since `since`, so that sorting them
         is cheap; counted by the index and never past the threshold."""
         rows = await self._all(
-            "SELECT count(*) FROM (SELECT 1 FROM served WHERE view = ? AND updated_at > ? "
-            "LIMIT ?)",
+            "SELECT count(*) FROM (SELECT 1 FROM served WHERE view = ? AND updated_at > ? LIMIT ?)",
             (view, since, self.sort_delta_max + 1),
         )
         return int(rows[0][0]) <= self.sort_delta_max
