@@ -133,7 +133,7 @@ def _item(server: str, meta: str) -> str:
 
 def _list_body(items: list[ServedItem], metadata: dict[str, Any]) -> str:
     servers = ",".join(_item(server, meta) for _, _, server, meta in items)
-    return f'{{"servers":[{servers}],"metadata":{json.dumps(metadata)}}}'
+    return f'{{"servers":[{servers}],"metadata":{json.dumps(metadata, separators=(",", ":"))}}}'
 
 
 def json_response(body: str) -> web.Response:

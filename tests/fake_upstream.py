@@ -62,6 +62,7 @@ class FakeRegistry:
             row = Row(item["server"], dict(item["_meta"][OFFICIAL]))
             self.rows[row.key] = row
         self.requests: list[dict[str, str]] = []
+        self.user_agents: set[str] = set()
         self.faults: list[Fault] = []
         self.after_page: Callable[[int], Awaitable[None] | None] | None = None
         self.page_delay = 0.0
@@ -142,6 +143,7 @@ class FakeRegistry:
     async def list_servers(self, request: web.Request) -> web.StreamResponse:
         query = dict(request.query)
         self.requests.append(query)
+        self.user_agents.add(request.headers.get("User-Agent", ""))
         if self.faults:
             response = await self.faults.pop(0)(request)
             if response is not None:

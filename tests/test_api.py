@@ -167,6 +167,10 @@ class TestList:
         body = await get_json(api, f"/v0.1/servers?limit={value}", 422)
         assert body["status"] == 422 and "limit" in body["detail"]
 
+    async def test_unknown_parameters_are_ignored(self, api: TestClient[Any, Any]) -> None:
+        plain = await get_json(api, "/v0.1/servers?limit=3")
+        assert await get_json(api, "/v0.1/servers?limit=3&colour=blue&page=9") == plain
+
     async def test_limit_bounds(self, api: TestClient[Any, Any]) -> None:
         assert (await get_json(api, "/v0.1/servers?limit=1"))["metadata"]["count"] == 1
         assert (await get_json(api, "/v0.1/servers?limit=100"))["metadata"]["count"] == 100

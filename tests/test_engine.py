@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+from sync import __version__
 from sync.config import Config
 from sync.engine import Engine
 from sync.metrics import Metrics
@@ -29,6 +30,9 @@ class TestFullPass:
         assert len(mirror) == 2628
         assert_mirrors(mirror, fake)
         assert all(q.get("include_deleted") == "true" for q in fake.requests)
+        assert fake.user_agents == {
+            f"mcp-subregistry/{__version__} (+https://github.com/modelcontextprotocol/registry)"
+        }
 
     async def test_exactly_one_latest_per_name(self, engine: Engine, reader: Reader) -> None:
         await engine.run("official")
