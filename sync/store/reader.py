@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiosqlite
 
 from sync.errors import StoreError
-from sync.store.records import PassRecord, QuarantineRecord, UpstreamState
+from sync.store.queries import select_entries, select_states
+from sync.store.records import PassRecord, QuarantineRecord, StoredEntry, UpstreamState
 
 __all__ = ["ListQuery", "Reader", "ServedItem"]
 
@@ -176,12 +177,10 @@ class Reader:
     # --- operations -------------------------------------------------------------------------
 
     async def upstream_states(self) -> dict[str, UpstreamState]:
-        rows = await self._all(
-            "SELECT name, checkpoint, last_full_at, last_success_at, last_error, last_error_at, "
-            "failures, circuit_until, pass_id, pass_mode, pass_started, pass_since, pass_cursor, "
-            "pass_sweep, source_digest FROM upstreams"
-        )
-        return {r[0]: UpstreamState(*r) for r in rows}
+        return {s.name: s for s in await select_states(self._db())}
+
+    async def entries_for(self, names: Iterable[str]) -> list[StoredEntry]:
+        return await select_entries(self._db(), names)
 
     async def held(self) -> dict[str, tuple[int, int]]:
         """Per upstream: versions held (not removed) and versions marked removed."""

@@ -1,0 +1,144 @@
+"""Writer side: raw upstream entries, quarantine and the full-pass sweep."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import aiosqlite
+
+from sync.store.queries import chunks, select_entries
+from sync.store.records import PassCounts, StoredEntry
+from sync.wire import Entry, Rejected
+
+__all__ = ["EntryWrites"]
+
+
+class EntryWrites:
+    """Mixed into Store; every method runs inside the caller's transaction."""
+
+    _db: aiosqlite.Connection
+
+    async def upsert_entries(
+        self, upstream: str, entries: Sequence[Entry], *, sweep: int, now: str
+    ) -> tuple[PassCounts, set[str]]:
+        """Store a page of entries idempotently; return counts and the names that changed."""
+        counts = PassCounts()
+        touched: set[str] = set()
+        if not entries:
+            return counts, touched
+        names = sorted({e.name for e in entries})
+        known: dict[tuple[str, str], tuple[int, bytes, str | None]] = {}
+        for chunk in chunks(names):
+            marks = ",".join("?" * len(chunk))
+            async with self._db.execute(
+                f"SELECT name, version, id, digest, removed_at FROM entries "
+                f"WHERE upstream = ? AND name IN ({marks})",
+                (upstream, *chunk),
+            ) as cursor:
+                async for name, version, entry_id, digest, removed in cursor:
+                    known[(name, version)] = (entry_id, digest, removed)
+        unchanged: list[tuple[int, int]] = []
+        for entry in entries:
+            key = (entry.name, entry.version)
+            previous = known.get(key)
+            values = (
+                entry.server,
+                entry.meta,
+                entry.status,
+                entry.status_message,
+                entry.status_changed_at,
+                entry.published_at,
+                entry.updated_at,
+                entry.description,
+                entry.digest,
+                now,
+                sweep,
+            )
+            if previous is None:
+                cursor = await self._db.execute(
+                    "INSERT INTO entries (server, meta, status, status_message, "
+                    "status_changed_at, published_at, upstream_updated_at, description, digest, "
+                    "stored_at, seen_sweep, upstream, name, version, first_seen_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*values, upstream, entry.name, entry.version, now),
+                )
+                assert cursor.lastrowid is not None
+                known[key] = (cursor.lastrowid, entry.digest, None)
+                counts.inserted += 1
+                touched.add(entry.name)
+            elif previous[1] == entry.digest and previous[2] is None:
+                unchanged.append((sweep, previous[0]))
+                counts.unchanged += 1
+            else:
+                await self._db.execute(
+                    "UPDATE entries SET server = ?, meta = ?, status = ?, status_message = ?, "
+                    "status_changed_at = ?, published_at = ?, upstream_updated_at = ?, "
+                    "description = ?, digest = ?, stored_at = ?, seen_sweep = ?, "
+                    "removed_at = NULL WHERE id = ?",
+                    (*values, previous[0]),
+                )
+                known[key] = (previous[0], entry.digest, None)
+                counts.updated += 1
+                touched.add(entry.name)
+        if unchanged:
+            await self._db.executemany("UPDATE entries SET seen_sweep = ? WHERE id = ?", unchanged)
+        accepted = [(upstream, f"{e.name}@{e.version}") for e in entries]
+        await self._db.executemany(
+            "DELETE FROM quarantine WHERE upstream = ? AND key = ?", accepted
+        )
+        return counts, touched
+
+    async def quarantine(self, upstream: str, rejected: Sequence[Rejected], now: str) -> None:
+        await self._db.executemany(
+            "INSERT INTO quarantine (upstream, key, reason, raw, first_seen, last_seen) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (upstream, key) DO UPDATE SET "
+            "reason = excluded.reason, raw = excluded.raw, last_seen = excluded.last_seen",
+            [(upstream, r.key, r.reason, r.raw, now, now) for r in rejected],
+        )
+
+    async def mark_all_seen(self, upstream: str, sweep: int) -> int:
+        cursor = await self._db.execute(
+            "UPDATE entries SET seen_sweep = ? WHERE upstream = ? AND removed_at IS NULL",
+            (sweep, upstream),
+        )
+        return cursor.rowcount
+
+    async def sweep(self, upstream: str, sweep: int, now: str) -> tuple[int, int, int, set[str]]:
+        """After a full listing: mark what it did not see as removed, unless it saw too little.
+
+        Returns (held, seen, removed, names touched). Nothing is marked when the pass saw under half
+        of what the mirror held: an empty or truncated upstream must never wipe the mirror.
+        """
+        async with self._db.execute(
+            "SELECT count(*), coalesce(sum(seen_sweep = ?), 0) FROM entries "
+            "WHERE upstream = ? AND removed_at IS NULL",
+            (sweep, upstream),
+        ) as cursor:
+            row = await cursor.fetchone()
+        held, seen = (int(row[0]), int(row[1])) if row else (0, 0)
+        if held == 0 or seen * 2 < held:
+            return held, seen, 0, set()
+        async with self._db.execute(
+            "SELECT DISTINCT name FROM entries WHERE upstream = ? AND removed_at IS NULL "
+            "AND seen_sweep != ?",
+            (upstream, sweep),
+        ) as cursor:
+            names = {row[0] async for row in cursor}
+        cursor = await self._db.execute(
+            "UPDATE entries SET removed_at = ?, stored_at = ? "
+            "WHERE upstream = ? AND removed_at IS NULL AND seen_sweep != ?",
+            (now, now, upstream, sweep),
+        )
+        return held, seen, cursor.rowcount, names
+
+    async def entries_for(self, names: Iterable[str]) -> list[StoredEntry]:
+        """Every stored version of these names, from every upstream."""
+        return await select_entries(self._db, names)
+
+    async def names_after(self, after: str, limit: int) -> list[str]:
+        """Stored names in order, for walking the whole catalogue in bounded batches."""
+        async with self._db.execute(
+            "SELECT DISTINCT name FROM entries WHERE name > ? ORDER BY name LIMIT ?",
+            (after, limit),
+        ) as cursor:
+            return [row[0] async for row in cursor]

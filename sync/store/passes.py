@@ -1,0 +1,131 @@
+"""Writer side: per-upstream state, pass records and their checkpoints."""
+
+from __future__ import annotations
+
+import aiosqlite
+
+from sync.store.queries import select_states
+from sync.store.records import PassCounts, UpstreamState
+
+__all__ = ["PassWrites"]
+
+
+class PassWrites:
+    """Mixed into Store; every method runs inside the caller's transaction."""
+
+    _db: aiosqlite.Connection
+
+    async def state(self, upstream: str) -> UpstreamState:
+        await self._db.execute("INSERT OR IGNORE INTO upstreams (name) VALUES (?)", (upstream,))
+        [state] = await select_states(self._db, upstream)
+        return state
+
+    async def close_interrupted(
+        self, now: str, reason: str = "process stopped before the pass completed"
+    ) -> int:
+        """Passes still marked running were stopped, or belong to a process that died."""
+        cursor = await self._db.execute(
+            "UPDATE passes SET outcome = 'interrupted', ended_at = ?, error = ? "
+            "WHERE outcome = 'running'",
+            (now, reason),
+        )
+        return cursor.rowcount
+
+    async def start_pass(
+        self,
+        upstream: str,
+        *,
+        mode: str,
+        started: str,
+        since: str | None,
+        cursor: str | None,
+        sweep: int | None,
+        resumed_from: int | None,
+        now: str,
+    ) -> int:
+        inserted = await self._db.execute(
+            "INSERT INTO passes (upstream, mode, started_at, outcome, resumed_from) "
+            "VALUES (?, ?, ?, 'running', ?)",
+            (upstream, mode, now, resumed_from),
+        )
+        pass_id = inserted.lastrowid
+        assert pass_id is not None
+        await self._db.execute(
+            "UPDATE upstreams SET pass_id = ?, pass_mode = ?, pass_started = ?, pass_since = ?, "
+            "pass_cursor = ?, pass_sweep = ? WHERE name = ?",
+            (pass_id, mode, started, since, cursor, sweep if sweep else pass_id, upstream),
+        )
+        return pass_id
+
+    async def set_pass_started(self, upstream: str, started: str) -> None:
+        await self._db.execute(
+            "UPDATE upstreams SET pass_started = ? WHERE name = ?", (started, upstream)
+        )
+
+    async def record_page(
+        self, upstream: str, pass_id: int, cursor: str | None, counts: PassCounts
+    ) -> None:
+        """Checkpoint the cursor in the same transaction as the page it follows."""
+        await self._db.execute(
+            "UPDATE upstreams SET pass_cursor = ? WHERE name = ?", (cursor, upstream)
+        )
+        await self._db.execute(
+            "UPDATE passes SET pages = pages + ?, inserted = inserted + ?, updated = updated + ?, "
+            "unchanged = unchanged + ?, removed = removed + ?, quarantined = quarantined + ? "
+            "WHERE id = ?",
+            (
+                counts.pages,
+                counts.inserted,
+                counts.updated,
+                counts.unchanged,
+                counts.removed,
+                counts.quarantined,
+                pass_id,
+            ),
+        )
+
+    async def finish_pass(
+        self,
+        upstream: str,
+        pass_id: int,
+        *,
+        checkpoint: str | None,
+        full: bool,
+        now: str,
+        source_digest: str | None = None,
+    ) -> None:
+        await self._db.execute(
+            "UPDATE passes SET outcome = 'ok', ended_at = ?, checkpoint = ? WHERE id = ?",
+            (now, checkpoint, pass_id),
+        )
+        await self._db.execute(
+            "UPDATE upstreams SET checkpoint = coalesce(?, checkpoint), last_success_at = ?, "
+            "last_full_at = CASE WHEN ? THEN pass_started ELSE last_full_at END, "
+            "failures = 0, circuit_until = NULL, last_error = NULL, last_error_at = NULL, "
+            "pass_id = NULL, pass_mode = NULL, pass_started = NULL, pass_since = NULL, "
+            "pass_cursor = NULL, pass_sweep = NULL, "
+            "source_digest = coalesce(?, source_digest) WHERE name = ?",
+            (checkpoint, now, full, source_digest, upstream),
+        )
+
+    async def fail_pass(
+        self, upstream: str, pass_id: int | None, *, error: str, now: str, circuit_until: str | None
+    ) -> None:
+        """Record a failed pass; its resume point (cursor, start, sweep) is kept."""
+        if pass_id is not None:
+            await self._db.execute(
+                "UPDATE passes SET outcome = 'failed', ended_at = ?, error = ? WHERE id = ?",
+                (now, error, pass_id),
+            )
+        await self._db.execute(
+            "UPDATE upstreams SET failures = failures + 1, last_error = ?, last_error_at = ?, "
+            "circuit_until = ? WHERE name = ?",
+            (error, now, circuit_until, upstream),
+        )
+
+    async def record_skip(self, upstream: str, *, mode: str, reason: str, now: str) -> None:
+        await self._db.execute(
+            "INSERT INTO passes (upstream, mode, started_at, ended_at, outcome, error) "
+            "VALUES (?, ?, ?, ?, 'skipped', ?)",
+            (upstream, mode, now, now, reason),
+        )

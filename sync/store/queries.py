@@ -1,0 +1,46 @@
+"""SQL shared by the writer and the readers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import aiosqlite
+
+from sync.store.records import StoredEntry, UpstreamState
+
+__all__ = ["STATE_COLUMNS", "chunks", "select_entries", "select_states"]
+
+ENTRY_COLUMNS = (
+    "id, upstream, name, version, server, meta, status, status_message, status_changed_at, "
+    "published_at, upstream_updated_at, description, stored_at, first_seen_at, removed_at"
+)
+STATE_COLUMNS = (
+    "name, checkpoint, last_full_at, last_success_at, last_error, last_error_at, failures, "
+    "circuit_until, pass_id, pass_mode, pass_started, pass_since, pass_cursor, pass_sweep, "
+    "source_digest"
+)
+# SQLite allows 32766 bound parameters; stay far below it per statement.
+_CHUNK = 500
+
+
+def chunks(items: Sequence[str], size: int = _CHUNK) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+async def select_entries(db: aiosqlite.Connection, names: Iterable[str]) -> list[StoredEntry]:
+    """Every stored version of these names, from every upstream."""
+    found: list[StoredEntry] = []
+    for chunk in chunks(sorted(set(names))):
+        marks = ",".join("?" * len(chunk))
+        async with db.execute(
+            f"SELECT {ENTRY_COLUMNS} FROM entries WHERE name IN ({marks})", tuple(chunk)
+        ) as cursor:
+            found.extend(StoredEntry(*row) for row in await cursor.fetchall())
+    return found
+
+
+async def select_states(db: aiosqlite.Connection, name: str | None = None) -> list[UpstreamState]:
+    where, params = ("WHERE name = ?", (name,)) if name else ("", ())
+    async with db.execute(f"SELECT {STATE_COLUMNS} FROM upstreams {where}", params) as cursor:
+        return [UpstreamState(*row) for row in await cursor.fetchall()]

@@ -1,0 +1,92 @@
+"""Writer side: the served views and the rules' hit counts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import aiosqlite
+
+from sync.store.queries import chunks
+from sync.store.records import ExistingServed, ServedRow
+
+__all__ = ["ServedWrites"]
+
+
+class ServedWrites:
+    """Mixed into Store; every method runs inside the caller's transaction."""
+
+    _db: aiosqlite.Connection
+
+    def stamp(self) -> str:
+        raise NotImplementedError
+
+    async def served_state(
+        self, view: str, names: Iterable[str]
+    ) -> dict[tuple[str, str], ExistingServed]:
+        found: dict[tuple[str, str], ExistingServed] = {}
+        for chunk in chunks(sorted(set(names))):
+            marks = ",".join("?" * len(chunk))
+            async with self._db.execute(
+                f"SELECT name, version, entry_id, form, status FROM served "
+                f"WHERE view = ? AND name IN ({marks})",
+                (view, *chunk),
+            ) as cursor:
+                async for name, version, entry_id, form, status in cursor:
+                    found[(name, version)] = ExistingServed(entry_id, form, status)
+        return found
+
+    async def write_served(
+        self,
+        view: str,
+        rows: Sequence[ServedRow],
+        existing: Mapping[tuple[str, str], ExistingServed],
+    ) -> int:
+        """Write the rows whose served form changed; each gets a fresh mirror `updatedAt`.
+
+        A row's `meta` leaves its first `"{stamp}"` for the mirror time allocated here, so the
+        served bytes are rendered once, at write time, never per request.
+        """
+        changed = 0
+        for row in rows:
+            key = (row.name, row.version)
+            before = existing.get(key)
+            if before is not None and before.form == row.form:
+                continue
+            stamp = self.stamp()
+            meta = row.meta.replace('"{stamp}"', f'"{stamp}"', 1)
+            await self._db.execute(
+                "INSERT INTO served (view, name, version, entry_id, upstream, status, is_latest, "
+                "published_ts, updated_at, description, form, meta) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (view, name, version) DO UPDATE SET entry_id = excluded.entry_id, "
+                "upstream = excluded.upstream, status = excluded.status, "
+                "is_latest = excluded.is_latest, published_ts = excluded.published_ts, "
+                "updated_at = excluded.updated_at, description = excluded.description, "
+                "form = excluded.form, meta = excluded.meta",
+                (
+                    view,
+                    row.name,
+                    row.version,
+                    row.entry_id,
+                    row.upstream,
+                    row.status,
+                    row.is_latest,
+                    row.published_ts,
+                    stamp,
+                    row.description,
+                    row.form,
+                    meta,
+                ),
+            )
+            changed += 1
+        return changed
+
+    async def add_rule_hits(self, view: str, hits: Mapping[str, int]) -> None:
+        await self._db.executemany(
+            "INSERT INTO rule_hits (view, rule, hits) VALUES (?, ?, ?) "
+            "ON CONFLICT (view, rule) DO UPDATE SET hits = hits + excluded.hits",
+            [(view, rule, n) for rule, n in hits.items() if n],
+        )
+
+    async def reset_rule_hits(self, view: str) -> None:
+        await self._db.execute("DELETE FROM rule_hits WHERE view = ?", (view,))
