@@ -16,8 +16,10 @@ from aiohttp import web
 from sync import __version__
 from sync.app import create_app
 from sync.config import DEFAULT_VIEW, Config, load_config
+from sync.curation import Curator
 from sync.engine import Engine
 from sync.errors import ConfigError, StoreError
+from sync.explain import explain, render
 from sync.logs import configure_logging
 from sync.metrics import Metrics
 from sync.store import Reader, Store, records
@@ -41,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--no-sync", action="store_true", help="serve only (an API replica of a synced file)"
     )
+    commands.add_parser("reapply", help="re-evaluate every stored entry under the current rules")
+    explain = commands.add_parser("explain", help="why a server is (or is not) served")
+    explain.add_argument("name")
+    explain.add_argument("version", nargs="?")
+    explain.add_argument("--json", action="store_true", help="machine-readable output")
     export = commands.add_parser("export", help="write the served catalogue as a list envelope")
     export.add_argument("--output", type=Path, help="file to write (default: standard output)")
     return parser
@@ -57,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(config, sync=not args.no_sync)
         if args.command == "status":
             return asyncio.run(_status(config, as_json=args.json, out=sys.stdout))
+        if args.command == "reapply":
+            return asyncio.run(_reapply(config))
+        if args.command == "explain":
+            return asyncio.run(_explain(config, args.name, args.version, as_json=args.json))
         if args.command == "export":
             return asyncio.run(_export(config, args.output))
     except ConfigError as exc:
@@ -180,6 +191,36 @@ async def _status(config: Config, *, as_json: bool, out: TextIO) -> int:
         out.write("rule hits:\n")
         for rule, count in sorted(hits.items()):
             out.write(f"  {rule}: {count}\n")
+    return 0
+
+
+async def _reapply(config: Config) -> int:
+    store = await Store.open(config.storage.path)
+    try:
+        names, changed = await Curator(config, store, Metrics()).reapply()
+    finally:
+        await store.close()
+    print(f"reapplied rules to {names} servers: {changed} served rows changed")
+    return 0
+
+
+async def _explain(config: Config, name: str, version: str | None, *, as_json: bool) -> int:
+    reader = await Reader.open(config.storage.path, connections=1)
+    try:
+        entries = await reader.entries_for([name])
+        wanted = version or "latest"
+        row = await reader.version(DEFAULT_VIEW, name, wanted, include_deleted=True)
+    finally:
+        await reader.close()
+    if not entries:
+        print(f"subregistry: no upstream holds {name!r}", file=sys.stderr)
+        return 1
+    report = explain(config, entries, version)
+    served = {"server": json.loads(row[2]), "_meta": json.loads(row[3])} if row else None
+    if as_json:
+        print(json.dumps({**report, "served": served}, indent=2, ensure_ascii=False))
+    else:
+        print(render(report, served))
     return 0
 
 

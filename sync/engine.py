@@ -11,19 +11,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import structlog
 
 from sync.config import DEFAULT_VIEW, Config, UpstreamConfig
+from sync.curation import Curator
 from sync.errors import PermanentUpstreamError, UpstreamError
 from sync.metrics import Metrics
-from sync.rules import compile_rules
 from sync.store import PassCounts, Store, UpstreamState, format_stamp, utcnow
 from sync.upstream import Sleep, UpstreamClient
-from sync.view import build
 from sync.wire import MalformedPage, Page, parse_page
 
 __all__ = ["Engine", "PassResult"]
@@ -94,8 +93,7 @@ class Engine:
         self._sleep = sleep
         self._backoff = backoff
         self._progress = progress
-        self._rules = compile_rules(config)
-        self._order = [u.name for u in config.upstreams]
+        self.curator = Curator(config, store, metrics, view=view)
         self._locks = {u.name: asyncio.Lock() for u in config.upstreams}
         self._clients: dict[str, UpstreamClient] = {}
         self._stopping = False
@@ -118,9 +116,12 @@ class Engine:
         return format_stamp(self.clock())
 
     async def startup(self) -> int:
-        """Close passes left 'running' by a process that died; they resume on their next run."""
+        """Close passes left 'running' by a process that died (they resume on their next
+        run), and re-evaluate the stored catalogue if the rules changed since last time."""
         async with self.store.transaction():
-            return await self.store.close_interrupted(self._now())
+            closed = await self.store.close_interrupted(self._now())
+        await self.curator.ensure_current()
+        return closed
 
     def running(self, upstream: str) -> bool:
         return self._locks[upstream].locked()
@@ -302,26 +303,12 @@ class Engine:
                     log.warning("sync.quarantined", key=rejected.key, reason=rejected.reason)
             counts.quarantined = len(page.rejected)
             counts.pages = 1
-            await self._rebuild(touched)
+            await self.curator.rebuild(touched)
             assert result.pass_id is not None
             await self.store.record_page(upstream, result.pass_id, cursor, counts)
         result.counts.add(counts)
         if self._progress is not None:
             self._progress(upstream, result.counts)
-
-    async def _rebuild(self, names: Iterable[str]) -> int:
-        """Recompute the served rows of `names`; call inside a transaction."""
-        names = set(names)
-        if not names:
-            return 0
-        entries = await self.store.entries_for(names)
-        existing = await self.store.served_state(self.view, names)
-        built = build(entries, self._order, self._rules, self.config.mirror.namespace, existing)
-        changed = await self.store.write_served(self.view, built.rows, existing)
-        await self.store.add_rule_hits(self.view, built.hits)
-        for rule, hits in built.hits.items():
-            self.metrics.rule_hits.labels(rule).inc(hits)
-        return changed
 
     async def _complete(
         self,
@@ -347,7 +334,7 @@ class Engine:
                         reason="full pass saw under half of what the mirror holds",
                     )
                 result.counts.removed = removed
-                await self._rebuild(names)
+                await self.curator.rebuild(names)
             assert result.pass_id is not None
             await self.store.record_page(
                 config.name, result.pass_id, None, PassCounts(removed=result.counts.removed)

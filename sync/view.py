@@ -42,6 +42,7 @@ class Build:
     rows: list[ServedRow] = field(default_factory=list)
     hits: Counter[str] = field(default_factory=Counter)
     decisions: dict[str, list[EntryDecision]] = field(default_factory=dict)
+    changed: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,3 +90,15 @@ class ServedWrites:
 
     async def reset_rule_hits(self, view: str) -> None:
         await self._db.execute("DELETE FROM rule_hits WHERE view = ?", (view,))
+
+    async def setting(self, key: str) -> str | None:
+        async with self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)) as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row else None
+
+    async def set_setting(self, key: str, value: str) -> None:
+        await self._db.execute(
+            "INSERT INTO settings (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
