@@ -26,6 +26,7 @@ from sync.store import ListQuery, Reader, format_stamp
 from sync.store.reader import ServedItem
 
 __all__ = [
+    "CLOCK",
     "CONFIG",
     "METRICS",
     "READER",
@@ -40,6 +41,7 @@ READER = web.AppKey("reader", Reader)
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 VIEW = web.AppKey("view", str)
+CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")
 
 PREFIXES = ("/v0.1", "/v0")
 _RFC3339 = re.compile(

@@ -16,11 +16,12 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from sync.api import CONFIG, METRICS, READER, VIEW, add_routes
+from sync.api import CLOCK, CONFIG, METRICS, READER, VIEW, add_routes
 from sync.config import DEFAULT_VIEW, Config
 from sync.engine import Clock, Engine
 from sync.metrics import Metrics
 from sync.middleware import middlewares
+from sync.ops import add_ops_routes
 from sync.store import Reader, Store, utcnow
 
 __all__ = ["ENGINE", "STORE", "create_app"]
@@ -28,7 +29,6 @@ __all__ = ["ENGINE", "STORE", "create_app"]
 log = structlog.get_logger("sync.app")
 STORE = web.AppKey("store", Store)
 ENGINE = web.AppKey("engine", Engine)
-CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -105,4 +105,5 @@ def create_app(
     if sync:
         app.cleanup_ctx.append(_scheduler_ctx)
     add_routes(app, config.api.base_path)
+    add_ops_routes(app)
     return app

@@ -22,7 +22,7 @@ from sync.errors import ConfigError, StoreError
 from sync.explain import explain, render
 from sync.logs import configure_logging
 from sync.metrics import Metrics
-from sync.store import Reader, Store, records
+from sync.store import PassCounts, Reader, Store, records
 
 __all__ = ["main"]
 
@@ -81,15 +81,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise AssertionError(f"unhandled command {args.command}")
 
 
+def _progress(upstream: str, counts: PassCounts) -> None:
+    """One self-overwriting line on a terminal; never written when stderr is not a tty."""
+    seen = counts.inserted + counts.updated + counts.unchanged + counts.quarantined
+    sys.stderr.write(f"\r\033[K{upstream}: {counts.pages} pages, {seen} entries")
+    sys.stderr.flush()
+
+
 async def _sync(config: Config, *, full: bool, only: str | None) -> int:
     names = [config.upstream(only).name] if only else [u.name for u in config.upstreams]
     store = await Store.open(config.storage.path)
-    engine = Engine(config, store, Metrics())
+    engine = Engine(config, store, Metrics(), progress=_progress if sys.stderr.isatty() else None)
     try:
         await engine.startup()
         failed = False
         for name in names:
             result = await engine.run(name, full=full)
+            if sys.stderr.isatty():
+                sys.stderr.write("\r\033[K")
             print(result.summary(), flush=True)
             failed |= result.outcome != "ok"
         return 1 if failed else 0

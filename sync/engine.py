@@ -384,8 +384,6 @@ class Engine:
         m.sync_duration.labels(result.upstream, result.mode).observe(result.duration)
         for action in ("inserted", "updated", "unchanged", "removed", "quarantined"):
             m.sync_entries.labels(result.upstream, action).inc(getattr(c, action))
-        if result.outcome == "ok":
-            m.last_success.labels(result.upstream).set(self.clock().timestamp())
         log.info(
             "sync.finished",
             outcome=result.outcome,

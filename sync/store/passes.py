@@ -101,7 +101,7 @@ class PassWrites:
         await self._db.execute(
             "UPDATE upstreams SET checkpoint = coalesce(?, checkpoint), last_success_at = ?, "
             "last_full_at = CASE WHEN ? THEN pass_started ELSE last_full_at END, "
-            "failures = 0, circuit_until = NULL, last_error = NULL, last_error_at = NULL, "
+            "failures = 0, circuit_until = NULL, failing_since = NULL, "
             "pass_id = NULL, pass_mode = NULL, pass_started = NULL, pass_since = NULL, "
             "pass_cursor = NULL, pass_sweep = NULL, "
             "source_digest = coalesce(?, source_digest) WHERE name = ?",
@@ -119,8 +119,8 @@ class PassWrites:
             )
         await self._db.execute(
             "UPDATE upstreams SET failures = failures + 1, last_error = ?, last_error_at = ?, "
-            "circuit_until = ? WHERE name = ?",
-            (error, now, circuit_until, upstream),
+            "circuit_until = ?, failing_since = coalesce(failing_since, ?) WHERE name = ?",
+            (error, now, circuit_until, now, upstream),
         )
 
     async def record_skip(self, upstream: str, *, mode: str, reason: str, now: str) -> None:

@@ -227,6 +227,10 @@ class Reader:
         )
         return [QuarantineRecord(*r) for r in rows]
 
+    async def quarantine_counts(self) -> dict[str, int]:
+        rows = await self._all("SELECT upstream, count(*) FROM quarantine GROUP BY upstream")
+        return {r[0]: r[1] for r in rows}
+
     async def rule_hits(self, view: str) -> dict[str, int]:
         rows = await self._all("SELECT rule, hits FROM rule_hits WHERE view = ?", (view,))
         return {r[0]: r[1] for r in rows}

@@ -109,6 +109,7 @@ class UpstreamState:
     pass_cursor: str | None = None
     pass_sweep: int | None = None
     source_digest: str | None = None
+    failing_since: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -112,6 +112,10 @@ MIGRATIONS: Sequence[tuple[str, str]] = (
         CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         """,
     ),
+    (
+        "0002_upstreams_failing_since",
+        "ALTER TABLE upstreams ADD COLUMN failing_since TEXT",
+    ),
 )
 
 

@@ -1,0 +1,76 @@
+"""Operational routes at the server root: /metrics, /healthz, /readyz."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from sync.api import CLOCK, CONFIG, METRICS, READER, VIEW
+from sync.health import readiness
+from sync.store import Reader, format_stamp
+
+__all__ = ["add_ops_routes"]
+
+_GAUGE_TTL = 10.0  # seconds; scrapes more often than this reuse the last counts
+_REFRESHED = web.AppKey("gauges_refreshed", list)
+
+
+async def _refresh_gauges(app: web.Application, now: datetime) -> None:
+    """Values that live in the store are read at scrape time, so API replicas that never
+    sync export them too, and a restart does not reset them."""
+    stamp = app[_REFRESHED]
+    if stamp and time.monotonic() - stamp[0] < _GAUGE_TTL:
+        return
+    reader: Reader = app[READER]
+    metrics, config = app[METRICS], app[CONFIG]
+    by_status, servers = await reader.served_counts(app[VIEW])
+    for status in ("active", "deprecated", "deleted"):
+        metrics.served_versions.labels(status).set(by_status.get(status, 0))
+    metrics.served_servers.set(servers)
+    quarantined = await reader.quarantine_counts()
+    states = await reader.upstream_states()
+    current = format_stamp(now)
+    for upstream in config.upstreams:
+        state = states.get(upstream.name)
+        metrics.quarantined.labels(upstream.name).set(quarantined.get(upstream.name, 0))
+        until = state.circuit_until if state is not None else None
+        metrics.circuit_open.labels(upstream.name).set(1 if until and until > current else 0)
+        if state is not None and state.last_success_at:
+            success = datetime.fromisoformat(state.last_success_at).timestamp()
+            metrics.last_success.labels(upstream.name).set(success)
+    stamp[:] = [time.monotonic()]
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    await _refresh_gauges(request.app, request.app[CLOCK]())
+    body = generate_latest(request.app[METRICS].registry)
+    response = web.Response(body=body)
+    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return response
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        states = await request.app[READER].upstream_states()
+    except Exception as exc:
+        return web.json_response(
+            {"ready": False, "store": f"unavailable: {type(exc).__name__}"}, status=503
+        )
+    ready, upstreams = readiness(request.app[CONFIG], states, request.app[CLOCK]())
+    return web.json_response(
+        {"ready": ready, "store": "ok", "upstreams": upstreams}, status=200 if ready else 503
+    )
+
+
+def add_ops_routes(app: web.Application) -> None:
+    app[_REFRESHED] = []
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
