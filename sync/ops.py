@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 
 from aiohttp import web
@@ -15,14 +14,14 @@ from sync.store import Reader, format_stamp
 __all__ = ["add_ops_routes"]
 
 _GAUGE_TTL = 10.0  # seconds; scrapes more often than this reuse the last counts
-_REFRESHED = web.AppKey("gauges_refreshed", list)
+_REFRESHED: web.AppKey[list[datetime]] = web.AppKey("gauges_refreshed")
 
 
 async def _refresh_gauges(app: web.Application, now: datetime) -> None:
     """Values that live in the store are read at scrape time, so API replicas that never
     sync export them too, and a restart does not reset them."""
-    stamp = app[_REFRESHED]
-    if stamp and time.monotonic() - stamp[0] < _GAUGE_TTL:
+    last = app[_REFRESHED]
+    if last and (now - last[0]).total_seconds() < _GAUGE_TTL:
         return
     reader: Reader = app[READER]
     metrics, config = app[METRICS], app[CONFIG]
@@ -41,7 +40,7 @@ async def _refresh_gauges(app: web.Application, now: datetime) -> None:
         if state is not None and state.last_success_at:
             success = datetime.fromisoformat(state.last_success_at).timestamp()
             metrics.last_success.labels(upstream.name).set(success)
-    stamp[:] = [time.monotonic()]
+    last[:] = [now]
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

@@ -45,9 +45,9 @@ class TestLoading:
             ("[[upstreams]]\nname = 'a'\n", "upstreams[0]"),
             ("[filter]\nexclude_regex = ['(unclosed']\n", "filter.exclude_regex"),
             ("[filter]\nstatuses = ['gone']\n", "filter.statuses[0]"),
-        ("[filter]\ninclude = ['io.github.[abc']\n", "filter.include"),
-        ("[[enrich]]\nmatch = 'a/*'\n", "enrich[0].meta"),
-        ("[[override]]\nname = 'a/b'\nstatus = 'banned'\n", "override[0].status"),
+            ("[filter]\ninclude = ['io.github.[abc']\n", "filter.include"),
+            ("[[enrich]]\nmatch = 'a/*'\n", "enrich[0].meta"),
+            ("[[override]]\nname = 'a/b'\nstatus = 'banned'\n", "override[0].status"),
             ("[api]\nport = 'eighty'\n", "api.port"),
             (
                 "[[upstreams]]\nname='a'\nurl='https://x.org'\n[[upstreams]]\nname='a'\npath='f'\n",
