@@ -19,7 +19,7 @@ import structlog
 
 from sync.config import DEFAULT_VIEW, Config, UpstreamConfig
 from sync.curation import Curator
-from sync.errors import PermanentUpstreamError, UpstreamError
+from sync.errors import PermanentUpstreamError, StoreError, UpstreamError
 from sync.metrics import Metrics
 from sync.store import PassCounts, Store, UpstreamState, format_stamp, utcnow
 from sync.upstream import Sleep, UpstreamClient
@@ -136,9 +136,12 @@ class Engine:
             async with lock:
                 pass
 
-    async def run(self, upstream: str, *, full: bool = False, probe: bool = False) -> PassResult:
+    async def run(
+        self, upstream: str, *, full: bool = False, ignore_circuit: bool = False
+    ) -> PassResult:
         """One pass of `upstream`; skipped if one is already running in this process, or if
-        its circuit is open (unless `full` is forced or `probe` is set by the scheduler)."""
+        its circuit is open (an operator's `ignore_circuit` run tries anyway; the scheduler's
+        first run after the open period is the probe that closes it on success)."""
         config = self.config.upstream(upstream)
         lock = self._locks[upstream]
         if self._stopping:
@@ -158,18 +161,23 @@ class Engine:
         async with lock:
             structlog.contextvars.bind_contextvars(upstream=upstream)
             try:
-                return await self._run(config, full=full, probe=probe)
+                return await self._run(config, full=full, ignore_circuit=ignore_circuit)
+            except StoreError as exc:  # before the pass could even be recorded
+                log.error("sync.store_unavailable", error=str(exc))
+                mode = "full" if full else "incremental"
+                self.metrics.sync_runs.labels(upstream, mode, "failed").inc()
+                return PassResult(upstream, mode, "failed", error=str(exc))
             finally:
                 structlog.contextvars.unbind_contextvars("upstream", "pass_id", "mode")
 
-    async def _run(self, config: UpstreamConfig, *, full: bool, probe: bool) -> PassResult:
+    async def _run(self, config: UpstreamConfig, *, full: bool, ignore_circuit: bool) -> PassResult:
         started_clock = time.perf_counter()
         async with self.store.transaction():
             state = await self.store.state(config.name)
         plan = self._plan(config, state, force_full=full)
         result = PassResult(config.name, plan.mode, "running")
         now = self.clock()
-        if state.circuit_until and not (full or probe) and self._now() < state.circuit_until:
+        if state.circuit_until and not ignore_circuit and self._now() < state.circuit_until:
             result.outcome, result.error = "skipped", f"circuit open until {state.circuit_until}"
             async with self.store.transaction():
                 await self.store.record_skip(
@@ -199,9 +207,14 @@ class Engine:
                 await self._file_pass(config, state, plan, result, sweep, full)
             else:
                 await self._http_pass(config, plan, result, sweep, now)
-        except (UpstreamError, MalformedPage, OSError) as exc:
+        except (UpstreamError, MalformedPage, OSError, StoreError) as exc:
             result.outcome, result.error = "failed", str(exc)
-            await self._record_failure(config, state, result)
+            try:
+                await self._record_failure(
+                    config, state, result, upstream_fault=not isinstance(exc, StoreError)
+                )
+            except StoreError as again:  # a full disk may refuse the record too
+                log.error("sync.failure_not_recorded", error=str(again))
         except _Stopped:
             result.outcome, result.error = "interrupted", "daemon stopping; resumes next start"
             await self._record_interrupt(result)
@@ -350,11 +363,17 @@ class Engine:
         result.outcome, result.checkpoint = "ok", checkpoint
 
     async def _record_failure(
-        self, config: UpstreamConfig, state: UpstreamState, result: PassResult
+        self,
+        config: UpstreamConfig,
+        state: UpstreamState,
+        result: PassResult,
+        *,
+        upstream_fault: bool,
     ) -> None:
         failures = state.failures + 1
         circuit_until = None
-        if failures >= config.failure_threshold:
+        # Only the upstream's faults open its circuit: a full disk is not its doing.
+        if upstream_fault and failures >= config.failure_threshold:
             delay = min(
                 config.interval * 2 ** (failures - config.failure_threshold),
                 config.circuit_max_delay,

@@ -8,6 +8,7 @@ statements inside one another's transaction. A sidecar lock file keeps a second 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import sqlite3
@@ -95,15 +96,25 @@ class Store(PassWrites, EntryWrites, ServedWrites):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
-        """One atomic unit of work; a cancelled or failed body leaves no trace."""
+        """One atomic unit of work; a cancelled or failed body leaves no trace.
+
+        SQLite's own errors (disk full, read-only file, corruption) leave as StoreError, so
+        callers never need to know the storage engine to handle them.
+        """
         async with self._tx:
-            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                await self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: cannot start a transaction: {exc}") from exc
             try:
                 yield
-            except BaseException:
-                await asyncio.shield(self._db.execute("ROLLBACK"))
+                await asyncio.shield(self._db.execute("COMMIT"))
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    await asyncio.shield(self._db.execute("ROLLBACK"))
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"{self.path}: {exc}") from exc
                 raise
-            await asyncio.shield(self._db.execute("COMMIT"))
 
     def stamp(self) -> str:
         """A mirror timestamp strictly later than every one handed out before."""
