@@ -213,7 +213,9 @@ class UpstreamClient:
             )
         limit = self.config.max_response_bytes
         if response.content_length is not None and response.content_length > limit:
-            raise BadResponse(f"{name}: response of {response.content_length} bytes over {limit}")
+            raise BadResponse(
+                f"{name}: response of {response.content_length} bytes is over the {limit}-byte cap"
+            )
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.content.iter_chunked(65536):

@@ -66,6 +66,7 @@ class FakeRegistry:
         self.faults: list[Fault] = []
         self.after_page: Callable[[int], Awaitable[None] | None] | None = None
         self.page_delay = 0.0
+        self.repeat_across_pages = False
         self.date: datetime | None = None
         self._tick = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -140,6 +141,35 @@ class FakeRegistry:
 
         self.faults.extend([fault] * times)
 
+    def slow(self, seconds: float, times: int = 1) -> None:
+        """The next responses take `seconds` before anything is sent."""
+
+        async def fault(_: web.Request) -> None:
+            await asyncio.sleep(seconds)
+
+        self.faults.extend([fault] * times)
+
+    def truncate(self, times: int = 1) -> None:
+        """Promise a long body, send a little of it, then drop the connection."""
+
+        async def fault(request: web.Request) -> web.StreamResponse:
+            response = web.StreamResponse(
+                headers={"Content-Type": "application/json", "Content-Length": "100000"}
+            )
+            await response.prepare(request)
+            await response.write(b'{"servers":[{"server":{"name":"io.github.a/b"')
+            assert request.transport is not None
+            request.transport.close()
+            return response
+
+        self.faults.extend([fault] * times)
+
+    def redirect(self, location: str, times: int = 1) -> None:
+        async def fault(_: web.Request) -> web.StreamResponse:
+            raise web.HTTPFound(location)
+
+        self.faults.extend([fault] * times)
+
     async def list_servers(self, request: web.Request) -> web.StreamResponse:
         query = dict(request.query)
         self.requests.append(query)
@@ -171,7 +201,14 @@ class FakeRegistry:
         cursor = query.get("cursor")
         if cursor:
             name, _, version = cursor.partition(":")
-            rows = [r for r in rows if r.key > (name, version)]
+            # `repeat_across_pages` serves each page's first row again on the next page, as a
+            # cache or a row updated mid-pass can make a real upstream do.
+            rows = [
+                r
+                for r in rows
+                if r.key >= (name, version)
+                and (self.repeat_across_pages or r.key > (name, version))
+            ]
         selected = []
         for row in rows:
             if not include_deleted and row.official["status"] == "deleted":

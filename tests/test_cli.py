@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import signal
-import sqlite3
-import sys
 from pathlib import Path
 
-from sync.store import Reader, Store
+from sync.store import Store
 from tests.cli_helpers import TOKEN, run, write_config
-from tests.fake_upstream import FakeRegistry
-from tests.helpers import assert_mirrors, served
 
 
 class TestSync:
@@ -70,55 +64,3 @@ class TestSync:
         finally:
             await holder.close()
         assert code == 1 and "in use by another subregistry process" in err
-
-
-class TestCrash:
-    async def test_sigkill_mid_pass_resumes_and_ends_identical(
-        self, tmp_path: Path, fake_url: str, fake: FakeRegistry
-    ) -> None:
-        """A pass killed with SIGKILL between pages resumes from its last committed page."""
-        config = write_config(tmp_path, fake_url)
-        fake.page_delay = 0.05
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "sync",
-            "--config",
-            str(config),
-            "sync",
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        db = tmp_path / "mirror.db"
-        pages = 0
-        for _ in range(500):
-            await asyncio.sleep(0.02)
-            if db.exists():
-                try:
-                    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-                        row = conn.execute("SELECT max(pages) FROM passes").fetchone()
-                        pages = row[0] or 0 if row else 0
-                except sqlite3.OperationalError:
-                    continue
-            if pages >= 5:
-                break
-        process.send_signal(signal.SIGKILL)
-        await process.wait()
-        assert 5 <= pages < 27
-        with sqlite3.connect(db) as conn:
-            cursor = conn.execute("SELECT pass_cursor FROM upstreams").fetchone()[0]
-        assert cursor is not None
-        fake.requests.clear()
-        fake.page_delay = 0
-        code, _, err = await run("--config", config, "sync")
-        assert code == 0, err
-        assert fake.requests[0]["cursor"] == cursor
-        reader = await Reader.open(db)
-        try:
-            assert_mirrors(await served(reader), fake)
-            history = await reader.passes("official")
-            assert [p.outcome for p in history] == ["ok", "interrupted"]
-        finally:
-            await reader.close()
-        with sqlite3.connect(db) as conn:
-            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

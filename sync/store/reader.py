@@ -8,6 +8,7 @@ and in WAL mode they never wait for the syncing writer. A few connections are us
 from __future__ import annotations
 
 import itertools
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -48,6 +49,10 @@ def _like(term: str) -> str:
     return f"%{escaped}%"
 
 
+def _on_read_only_storage(path: Path) -> bool:
+    return path.exists() and not os.access(path.parent, os.W_OK)
+
+
 class Reader:
     def __init__(
         self, connections: list[aiosqlite.Connection], *, sort_delta_max: int = 5000
@@ -58,19 +63,36 @@ class Reader:
 
     @classmethod
     async def open(cls, path: Path, *, connections: int = 2) -> Reader:
+        uri = f"file:{path}?mode=ro"
+        try:
+            return cls(await cls._connect(uri, connections))
+        except sqlite3.Error as exc:
+            error = exc
+        # A WAL file on a read-only filesystem cannot get its shared-memory index. Nothing can
+        # write there either, so reading it as immutable is exact, not a guess.
+        if _on_read_only_storage(path):
+            try:
+                return cls(await cls._connect(f"{uri}&immutable=1", connections))
+            except sqlite3.Error as exc:
+                error = exc
+        hint = "" if os.path.exists(path) else " (run a sync first)"
+        raise StoreError(f"cannot open {path} read-only: {error}{hint}") from None
+
+    @staticmethod
+    async def _connect(uri: str, count: int) -> list[aiosqlite.Connection]:
         opened: list[aiosqlite.Connection] = []
         try:
-            for _ in range(connections):
-                db = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
+            for _ in range(count):
+                db = await aiosqlite.connect(uri, uri=True)
                 opened.append(db)
                 await db.execute("PRAGMA query_only = 1")
                 await db.execute("PRAGMA busy_timeout = 5000")
-        except sqlite3.Error as exc:
+                await db.execute("SELECT count(*) FROM sqlite_master")
+        except BaseException:
             for db in opened:
                 await db.close()
-            hint = " (run a sync first)" if "unable to open" in str(exc) else ""
-            raise StoreError(f"cannot open {path} read-only: {exc}{hint}") from None
-        return cls(opened)
+            raise
+        return opened
 
     async def close(self) -> None:
         for db in self._connections:

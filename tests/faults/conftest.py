@@ -1,0 +1,67 @@
+"""The fault suite: each case runs the real engine (or process) against a faulty fake
+registry, then compares the mirror with the upstream's truth."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from sync.config import Config
+from sync.engine import Engine
+from sync.metrics import Metrics
+from sync.store import Reader, Store
+from tests.fake_upstream import FakeRegistry
+from tests.helpers import assert_mirrors, served
+
+
+class Waits:
+    """An injected sleep that records what the engine asked to wait, and waits for nothing."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.seconds.append(seconds)
+
+
+@pytest.fixture
+def waits() -> Waits:
+    return Waits()
+
+
+@pytest.fixture
+def build_engine(
+    make_config: Callable[..., Config], fake_url: str, waits: Waits
+) -> Callable[..., Any]:
+    """An engine on a fresh store, with upstream settings overridden per case."""
+    opened: list[tuple[Engine, Store]] = []
+
+    async def build(**upstream: Any) -> Engine:
+        config = make_config({"name": "official", "url": fake_url, **upstream})
+        store = await Store.open(config.storage.path)
+        engine = Engine(config, store, Metrics(), sleep=waits, backoff=(0.5, 8.0))
+        opened.append((engine, store))
+        return engine
+
+    build.opened = opened  # type: ignore[attr-defined]
+    return build
+
+
+@pytest.fixture
+async def engines(build_engine: Any) -> AsyncIterator[Any]:
+    yield build_engine
+    for engine, store in build_engine.opened:
+        await engine.close()
+        await store.close()
+
+
+async def check_truth(engine: Engine, fake: FakeRegistry) -> None:
+    """Nothing lost, nothing corrupted: the served view equals upstream, the file is sound."""
+    assert await engine.store.integrity_check() == "ok"
+    reader = await Reader.open(engine.store.path)
+    try:
+        assert_mirrors(await served(reader), fake)
+    finally:
+        await reader.close()
