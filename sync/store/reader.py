@@ -49,8 +49,12 @@ def _like(term: str) -> str:
     return f"%{escaped}%"
 
 
+def _exists(path: Path) -> bool:
+    return path.exists()
+
+
 def _on_read_only_storage(path: Path) -> bool:
-    return path.exists() and not os.access(path.parent, os.W_OK)
+    return _exists(path) and not os.access(path.parent, os.W_OK)
 
 
 class Reader:
@@ -75,7 +79,7 @@ class Reader:
                 return cls(await cls._connect(f"{uri}&immutable=1", connections))
             except sqlite3.Error as exc:
                 error = exc
-        hint = "" if os.path.exists(path) else " (run a sync first)"
+        hint = "" if _exists(path) else " (run a sync first)"
         raise StoreError(f"cannot open {path} read-only: {error}{hint}") from None
 
     @staticmethod
