@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -16,12 +17,9 @@ from sync.engine import Engine
 from sync.metrics import Metrics
 from sync.store import Reader, Store
 from tests.fake_upstream import FakeRegistry
+from tests.helpers import build_mirror, no_sleep
 
 DATA = Path(__file__).parent / "data"
-
-
-async def no_sleep(_: float) -> None:
-    """Retries and page delays pass instantly in tests; the waits asked for are recorded."""
 
 
 @pytest.fixture(scope="session")
@@ -100,3 +98,11 @@ async def reader(config: Config, store: Store) -> AsyncIterator[Reader]:
 @pytest.fixture(autouse=True)
 def _clean_log_context() -> None:
     structlog.contextvars.clear_contextvars()
+
+
+@pytest.fixture(scope="session")
+def mirror_db(tmp_path_factory: pytest.TempPathFactory, catalogue: list[dict[str, Any]]) -> Path:
+    """A mirror of the real catalogue, built once; tests copy it before serving it."""
+    path = tmp_path_factory.mktemp("mirror") / "mirror.db"
+    asyncio.run(build_mirror(path, catalogue))
+    return path

@@ -3,10 +3,55 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
-from sync.store import Reader
+from aiohttp.test_utils import TestServer
+
+from sync.config import Config, config_from_mapping
+from sync.engine import Engine
+from sync.metrics import Metrics
+from sync.store import Reader, Store
 from tests.fake_upstream import OFFICIAL, FakeRegistry
+
+MULTI = "com.fenetresurciel.verylongmcp/mcp-server-template-nodejs"  # 72 versions
+DEPRECATED = ("ai.exa/exa", "3.0.7")
+
+
+async def no_sleep(_: float) -> None:
+    """Retries and page delays pass instantly in tests."""
+
+
+def mirror_config(path: Path, url: str = "http://127.0.0.1:9", **api: Any) -> Config:
+    return config_from_mapping(
+        {
+            "storage": {"path": str(path)},
+            "api": api,
+            "upstreams": [{"name": "official", "url": url, "page_delay": 0}],
+        }
+    )
+
+
+async def build_mirror(path: Path, items: list[dict[str, Any]]) -> FakeRegistry:
+    """A mirror built by the real engine from `items`, with one deleted and one deprecated
+    version, as the API tests expect."""
+    fake = FakeRegistry(json.loads(json.dumps(items)))
+    versions = sorted(v for n, v in fake.rows if n == MULTI)
+    fake.set_status(MULTI, versions[0], "deleted")
+    fake.set_status(*DEPRECATED, "deprecated", "superseded")
+    server = TestServer(fake.app())
+    await server.start_server()
+    store = await Store.open(path)
+    try:
+        url = str(server.make_url("")).rstrip("/")
+        engine = Engine(mirror_config(path, url), store, Metrics(), sleep=no_sleep)
+        result = await engine.run("official")
+        assert result.outcome == "ok", result.error
+        await engine.close()
+    finally:
+        await store.close()
+        await server.close()
+    return fake
 
 
 async def served(reader: Reader, view: str = "default") -> dict[tuple[str, str], dict[str, Any]]:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import gzip
-import json
 import re
 import shutil
 from collections.abc import AsyncIterator, Callable
@@ -16,54 +14,11 @@ import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
 from sync.app import create_app
-from sync.config import Config, config_from_mapping
-from sync.engine import Engine
-from sync.metrics import Metrics
-from sync.store import ListQuery, Reader, Store
-from tests.conftest import no_sleep
-from tests.fake_upstream import OFFICIAL, FakeRegistry
+from sync.store import ListQuery, Reader
+from tests.fake_upstream import OFFICIAL
+from tests.helpers import DEPRECATED, MULTI, mirror_config
 
-MULTI = "com.fenetresurciel.verylongmcp/mcp-server-template-nodejs"
 BUILD = ("com.redpanda/docs-mcp", "2025.11.13+pr147-5d1f8b0")  # build metadata
-DEPRECATED = ("ai.exa/exa", "3.0.7")
-
-
-def _config(path: Path, url: str = "http://127.0.0.1:9", **api: Any) -> Config:
-    return config_from_mapping(
-        {
-            "storage": {"path": str(path)},
-            "api": api,
-            "upstreams": [{"name": "official", "url": url, "page_delay": 0}],
-        }
-    )
-
-
-async def _build_mirror(path: Path, items: list[dict[str, Any]]) -> FakeRegistry:
-    fake = FakeRegistry(json.loads(json.dumps(items)))
-    versions = sorted(v for n, v in fake.rows if n == MULTI)
-    fake.set_status(MULTI, versions[0], "deleted")
-    fake.set_status(*DEPRECATED, "deprecated", "superseded")
-    server = TestServer(fake.app())
-    await server.start_server()
-    store = await Store.open(path)
-    try:
-        engine = Engine(
-            _config(path, str(server.make_url("")).rstrip("/")), store, Metrics(), sleep=no_sleep
-        )
-        result = await engine.run("official")
-        assert result.outcome == "ok", result.error
-        await engine.close()
-    finally:
-        await store.close()
-        await server.close()
-    return fake
-
-
-@pytest.fixture(scope="session")
-def mirror_db(tmp_path_factory: pytest.TempPathFactory, catalogue: list[dict[str, Any]]) -> Path:
-    path = tmp_path_factory.mktemp("mirror") / "mirror.db"
-    asyncio.run(_build_mirror(path, catalogue))
-    return path
 
 
 @pytest.fixture
@@ -72,7 +27,7 @@ def make_client(tmp_path: Path, mirror_db: Path) -> Callable[..., Any]:
         path = tmp_path / "mirror.db"
         if not path.exists():
             shutil.copy(mirror_db, path)
-        client = TestClient(TestServer(create_app(_config(path, **api), sync=False)))
+        client = TestClient(TestServer(create_app(mirror_config(path, **api), sync=False)))
         await client.start_server()
         return client
 

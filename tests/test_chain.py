@@ -14,9 +14,8 @@ from sync.config import config_from_mapping
 from sync.engine import Engine
 from sync.metrics import Metrics
 from sync.store import Reader, Store
-from tests.conftest import no_sleep
 from tests.fake_upstream import FakeRegistry
-from tests.helpers import official, served
+from tests.helpers import no_sleep, official, served
 
 
 def _facts(mirror: dict[tuple[str, str], dict[str, Any]]) -> dict[Any, Any]:

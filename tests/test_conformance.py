@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestServer
 
 from sync.app import create_app
 from tests.conftest import DATA
-from tests.test_api import _build_mirror, _config
+from tests.helpers import build_mirror, mirror_config
 
 ST = str(Path(sys.executable).parent / "st")
 EXAMPLES = "1000" if os.environ.get("RUN_SLOW") else "100"
@@ -35,14 +35,14 @@ def _conforms(item: dict[str, Any]) -> bool:
 
 
 async def _serve(path: Path) -> TestServer:
-    server = TestServer(create_app(_config(path), sync=False))
+    server = TestServer(create_app(mirror_config(path), sync=False))
     await server.start_server()
     return server
 
 
 @pytest.fixture
 async def full_mirror(tmp_path: Path, catalogue: list[dict[str, Any]]) -> AsyncIterator[str]:
-    await _build_mirror(tmp_path / "full.db", catalogue)
+    await build_mirror(tmp_path / "full.db", catalogue)
     server = await _serve(tmp_path / "full.db")
     try:
         yield str(server.make_url("")).rstrip("/")
@@ -52,7 +52,7 @@ async def full_mirror(tmp_path: Path, catalogue: list[dict[str, Any]]) -> AsyncI
 
 @pytest.fixture
 async def conforming_mirror(tmp_path: Path, catalogue: list[dict[str, Any]]) -> AsyncIterator[str]:
-    await _build_mirror(tmp_path / "conforming.db", [i for i in catalogue if _conforms(i)])
+    await build_mirror(tmp_path / "conforming.db", [i for i in catalogue if _conforms(i)])
     server = await _serve(tmp_path / "conforming.db")
     try:
         yield str(server.make_url("")).rstrip("/")

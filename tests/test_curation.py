@@ -15,9 +15,8 @@ from sync.engine import Engine
 from sync.metrics import Metrics
 from sync.store import Reader, Store
 from tests.cli_helpers import run
-from tests.conftest import no_sleep
 from tests.fake_upstream import OFFICIAL, FakeRegistry
-from tests.helpers import official, served
+from tests.helpers import no_sleep, official, served
 
 NS = "com.example.subregistry"
 SHADOWED = "io.github.homeassistant-ai/ha-mcp"

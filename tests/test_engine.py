@@ -10,9 +10,8 @@ from sync.config import Config
 from sync.engine import Engine
 from sync.metrics import Metrics
 from sync.store import Reader, Store
-from tests.conftest import no_sleep
 from tests.fake_upstream import FakeRegistry
-from tests.helpers import assert_mirrors, latest_by_name, official, served
+from tests.helpers import assert_mirrors, latest_by_name, no_sleep, official, served
 
 MULTI = "com.fenetresurciel.verylongmcp/mcp-server-template-nodejs"  # 72 versions
 

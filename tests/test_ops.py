@@ -22,8 +22,8 @@ from sync.engine import Engine
 from sync.metrics import Metrics
 from sync.store import Store
 from tests.cli_helpers import write_config
-from tests.conftest import no_sleep
 from tests.fake_upstream import FakeRegistry
+from tests.helpers import no_sleep
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

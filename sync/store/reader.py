@@ -91,7 +91,10 @@ class Reader:
                 opened.append(db)
                 await db.execute("PRAGMA query_only = 1")
                 await db.execute("PRAGMA busy_timeout = 5000")
-                await db.execute("SELECT count(*) FROM sqlite_master")
+                # Read now so a bad file fails here; finish the statement so that it holds
+                # no snapshot (an open read would pin this connection to the past).
+                async with db.execute("SELECT count(*) FROM sqlite_master") as cursor:
+                    await cursor.fetchall()
         except BaseException:
             for db in opened:
                 await db.close()

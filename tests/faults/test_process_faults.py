@@ -19,10 +19,9 @@ from sync.engine import Engine
 from sync.metrics import Metrics
 from sync.store import Reader, Store
 from tests.cli_helpers import free_port, run, write_config
-from tests.conftest import no_sleep
 from tests.fake_upstream import FakeRegistry
 from tests.faults.conftest import check_truth
-from tests.helpers import assert_mirrors, served
+from tests.helpers import assert_mirrors, no_sleep, served
 
 
 async def test_sigkill_mid_pass_resumes_and_ends_identical(
