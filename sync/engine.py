@@ -9,6 +9,7 @@ clock minus an overlap: pages are ordered by name, not time, and rows commit lat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable
@@ -254,26 +255,40 @@ class Engine:
         self, config: UpstreamConfig, plan: _Plan, result: PassResult, sweep: int, now: datetime
     ) -> None:
         client = await self._client(config)
+        include_deleted = plan.mode == "full"
         cursor, started = plan.cursor, plan.started
-        while True:
-            fetched = await client.fetch_page(
-                cursor, plan.since, include_deleted=plan.mode == "full"
-            )
-            if started is None:
-                # The upstream's own clock, where it gives one, is what its rows are stamped
-                # with; ours may be skewed. Its Date is truncated to the second: conservative.
-                started = format_stamp(min(fetched.date or now, now))
-                async with self.store.transaction():
-                    await self.store.set_pass_started(config.name, started)
-            nxt = fetched.page.next_cursor
-            if nxt is not None and nxt == cursor:
-                raise PermanentUpstreamError(f"cursor did not advance past {cursor!r}")
-            await self._apply_page(config.name, fetched.page, result, sweep, nxt)
-            if nxt is None:
-                break
-            if self._stopping:
-                raise _Stopped
-            cursor = nxt
+        pending = asyncio.ensure_future(
+            client.fetch_page(cursor, plan.since, include_deleted=include_deleted)
+        )
+        try:
+            while True:
+                fetched = await pending
+                if started is None:
+                    # The upstream's own clock, where it gives one, is what its rows are stamped
+                    # with; ours may be skewed. Its Date is truncated to the second: conservative.
+                    started = format_stamp(min(fetched.date or now, now))
+                    async with self.store.transaction():
+                        await self.store.set_pass_started(config.name, started)
+                nxt = fetched.page.next_cursor
+                if nxt is not None and nxt == cursor:
+                    raise PermanentUpstreamError(f"cursor did not advance past {cursor!r}")
+                if nxt is not None and not self._stopping:
+                    # Fetch the next page while this one is written: the network and the
+                    # disk overlap, and at most two pages are ever held.
+                    pending = asyncio.ensure_future(
+                        client.fetch_page(nxt, plan.since, include_deleted=include_deleted)
+                    )
+                await self._apply_page(config.name, fetched.page, result, sweep, nxt)
+                if nxt is None:
+                    break
+                if self._stopping:
+                    raise _Stopped
+                cursor = nxt
+        finally:
+            if not pending.done():
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
         await self._complete(config, plan, result, sweep, started)
 
     async def _file_pass(

@@ -37,9 +37,13 @@ class EntryWrites:
             ) as cursor:
                 async for name, version, entry_id, digest, removed in cursor:
                     known[(name, version)] = (entry_id, digest, removed)
+        # One statement per kind of write, not per entry: each aiosqlite call is a thread
+        # round trip. A key repeated within the page keeps its last copy.
+        latest = {(e.name, e.version): e for e in entries}
+        inserts: list[tuple[object, ...]] = []
+        updates: list[tuple[object, ...]] = []
         unchanged: list[tuple[int, int]] = []
-        for entry in entries:
-            key = (entry.name, entry.version)
+        for key, entry in latest.items():
             previous = known.get(key)
             values = (
                 entry.server,
@@ -55,36 +59,37 @@ class EntryWrites:
                 sweep,
             )
             if previous is None:
-                cursor = await self._db.execute(
-                    "INSERT INTO entries (server, meta, status, status_message, "
-                    "status_changed_at, published_at, upstream_updated_at, description, digest, "
-                    "stored_at, seen_sweep, upstream, name, version, first_seen_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*values, upstream, entry.name, entry.version, now),
-                )
-                assert cursor.lastrowid is not None
-                known[key] = (cursor.lastrowid, entry.digest, None)
-                counts.inserted += 1
+                inserts.append((*values, upstream, entry.name, entry.version, now))
                 touched.add(entry.name)
             elif previous[1] == entry.digest and previous[2] is None:
                 unchanged.append((sweep, previous[0]))
-                counts.unchanged += 1
             else:
-                await self._db.execute(
-                    "UPDATE entries SET server = ?, meta = ?, status = ?, status_message = ?, "
-                    "status_changed_at = ?, published_at = ?, upstream_updated_at = ?, "
-                    "description = ?, digest = ?, stored_at = ?, seen_sweep = ?, "
-                    "removed_at = NULL WHERE id = ?",
-                    (*values, previous[0]),
-                )
-                known[key] = (previous[0], entry.digest, None)
-                counts.updated += 1
+                updates.append((*values, previous[0]))
                 touched.add(entry.name)
+        if inserts:
+            await self._db.executemany(
+                "INSERT INTO entries (server, meta, status, status_message, "
+                "status_changed_at, published_at, upstream_updated_at, description, digest, "
+                "stored_at, seen_sweep, upstream, name, version, first_seen_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                inserts,
+            )
+        if updates:
+            await self._db.executemany(
+                "UPDATE entries SET server = ?, meta = ?, status = ?, status_message = ?, "
+                "status_changed_at = ?, published_at = ?, upstream_updated_at = ?, "
+                "description = ?, digest = ?, stored_at = ?, seen_sweep = ?, "
+                "removed_at = NULL WHERE id = ?",
+                updates,
+            )
         if unchanged:
             await self._db.executemany("UPDATE entries SET seen_sweep = ? WHERE id = ?", unchanged)
-        accepted = [(upstream, f"{e.name}@{e.version}") for e in entries]
-        await self._db.executemany(
-            "DELETE FROM quarantine WHERE upstream = ? AND key = ?", accepted
+        counts.inserted, counts.updated = len(inserts), len(updates)
+        counts.unchanged = len(entries) - len(inserts) - len(updates)
+        keys = [f"{name}@{version}" for name, version in latest]
+        marks = ",".join("?" * len(keys))
+        await self._db.execute(
+            f"DELETE FROM quarantine WHERE upstream = ? AND key IN ({marks})", (upstream, *keys)
         )
         return counts, touched
 

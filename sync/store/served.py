@@ -46,23 +46,13 @@ class ServedWrites:
         A row's `meta` leaves its first `"{stamp}"` for the mirror time allocated here, so the
         served bytes are rendered once, at write time, never per request.
         """
-        changed = 0
+        writes: list[tuple[object, ...]] = []
         for row in rows:
-            key = (row.name, row.version)
-            before = existing.get(key)
+            before = existing.get((row.name, row.version))
             if before is not None and before.form == row.form:
                 continue
             stamp = self.stamp()
-            meta = row.meta.replace('"{stamp}"', f'"{stamp}"', 1)
-            await self._db.execute(
-                "INSERT INTO served (view, name, version, entry_id, upstream, status, is_latest, "
-                "published_ts, updated_at, description, form, meta) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (view, name, version) DO UPDATE SET entry_id = excluded.entry_id, "
-                "upstream = excluded.upstream, status = excluded.status, "
-                "is_latest = excluded.is_latest, published_ts = excluded.published_ts, "
-                "updated_at = excluded.updated_at, description = excluded.description, "
-                "form = excluded.form, meta = excluded.meta",
+            writes.append(
                 (
                     view,
                     row.name,
@@ -75,11 +65,22 @@ class ServedWrites:
                     stamp,
                     row.description,
                     row.form,
-                    meta,
-                ),
+                    row.meta.replace('"{stamp}"', f'"{stamp}"', 1),
+                )
             )
-            changed += 1
-        return changed
+        if writes:
+            await self._db.executemany(
+                "INSERT INTO served (view, name, version, entry_id, upstream, status, is_latest, "
+                "published_ts, updated_at, description, form, meta) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (view, name, version) DO UPDATE SET entry_id = excluded.entry_id, "
+                "upstream = excluded.upstream, status = excluded.status, "
+                "is_latest = excluded.is_latest, published_ts = excluded.published_ts, "
+                "updated_at = excluded.updated_at, description = excluded.description, "
+                "form = excluded.form, meta = excluded.meta",
+                writes,
+            )
+        return len(writes)
 
     async def add_rule_hits(self, view: str, hits: Mapping[str, int]) -> None:
         await self._db.executemany(

@@ -105,8 +105,16 @@ class Store(PassWrites, EntryWrites, ServedWrites):
         callers never need to know the storage engine to handle them.
         """
         async with self._tx:
+            # The statement runs on the connection's thread even if we are cancelled while
+            # waiting for it: on cancellation wait for it, then undo it.
+            begin = asyncio.ensure_future(self._db.execute("BEGIN IMMEDIATE"))
             try:
-                await self._db.execute("BEGIN IMMEDIATE")
+                await asyncio.shield(begin)
+            except asyncio.CancelledError:
+                with contextlib.suppress(sqlite3.Error):
+                    await begin
+                    await asyncio.shield(self._db.execute("ROLLBACK"))
+                raise
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: cannot start a transaction: {exc}") from exc
             try:
