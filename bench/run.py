@@ -161,6 +161,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--versions", type=int, default=250_000)
     parser.add_argument("--seconds", type=int, default=10, help="per wrk scenario")
+    parser.add_argument("--only", choices=("sync", "api"), help="run one half")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     catalogue = generate(args.versions, OUT / f"catalogue-{args.versions}.jsonl")
@@ -175,13 +176,17 @@ def main() -> None:
     processes = [upstream]
     try:
         wait_http(f"{up}/_admin/stats", timeout=300)
-        run_sync_benchmarks(up, args)
-        run_api_benchmarks(up, args)
+        if args.only != "api":
+            run_sync_benchmarks(up, args)
+        if args.only != "sync":
+            run_api_benchmarks(up, args)
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=30)
-    (OUT / "results.json").write_text(json.dumps(RESULTS, indent=2))
+    results = OUT / "results.json"
+    previous = json.loads(results.read_text()) if results.exists() and args.only else {}
+    results.write_text(json.dumps({**previous, **RESULTS}, indent=2))
 
 
 def run_sync_benchmarks(up: str, args: argparse.Namespace) -> None:

@@ -53,13 +53,14 @@ class Curator:
         self.rules = compile_rules(config)
         self.order = [u.name for u in config.upstreams]
         self.digest = rules_digest(config)
+        self.needs_server = any(r.needs_server for r in self.rules.values())
 
     async def rebuild(self, names: Iterable[str]) -> Build:
         """Recompute the served rows of `names`; call inside a transaction."""
         names = set(names)
         if not names:
             return Build()
-        entries = await self.store.entries_for(names)
+        entries = await self.store.entries_for(names, with_server=self.needs_server)
         existing = await self.store.served_state(self.view, names)
         built = build(entries, self.order, self.rules, self.config.mirror.namespace, existing)
         built.changed = await self.store.write_served(self.view, built.rows, existing)

@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 from sync.config import Config, EnrichRule, FilterConfig, OverrideRule
 
@@ -29,22 +28,57 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
 class Candidate:
-    """What a rule may look at: the stored entry's facts, and its server.json on demand."""
+    """What a rule may look at: the stored entry's facts, and its server.json on demand
+    (parsed once, and only if a rule asks: most rule sets never do)."""
 
-    upstream: str
-    name: str
-    version: str
-    status: str
-    status_message: str | None
-    description: str
-    server_text: str = "{}"
+    __slots__ = (
+        "_server",
+        "description",
+        "name",
+        "server_text",
+        "status",
+        "status_message",
+        "upstream",
+        "version",
+    )
 
-    @cached_property
+    def __init__(
+        self,
+        upstream: str,
+        name: str,
+        version: str,
+        status: str,
+        status_message: str | None,
+        description: str,
+        server_text: str = "{}",
+    ) -> None:
+        self.upstream = upstream
+        self.name = name
+        self.version = version
+        self.status = status
+        self.status_message = status_message
+        self.description = description
+        self.server_text = server_text
+        self._server: Mapping[str, Any] | None = None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Candidate) and (
+            self.upstream,
+            self.name,
+            self.version,
+            self.status,
+            self.server_text,
+        ) == (other.upstream, other.name, other.version, other.status, other.server_text)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
     def server(self) -> Mapping[str, Any]:
-        value = json.loads(self.server_text)
-        return value if isinstance(value, dict) else {}
+        if self._server is None:
+            value = json.loads(self.server_text)
+            self._server = value if isinstance(value, dict) else {}
+        return self._server
 
     def packages(self) -> list[Mapping[str, Any]]:
         items = self.server.get("packages")
@@ -68,14 +102,13 @@ class Effect:
 Rule = Callable[[Candidate], Effect | None]
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     kept: bool
     status: str
     status_message: str | None
-    meta: dict[str, Any] = field(default_factory=dict)
-    decision: dict[str, Any] | None = None
-    effects: tuple[Effect, ...] = ()
+    meta: dict[str, Any]
+    decision: dict[str, Any] | None
+    effects: tuple[Effect, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +117,7 @@ class RuleSet:
 
     rules: tuple[tuple[str, Rule], ...]
     latest_versions: tuple[tuple[str, int], ...] = ()
+    needs_server: bool = False  # whether any rule reads the server.json itself
 
 
 def evaluate(candidate: Candidate, rules: Sequence[tuple[str, Rule]]) -> Outcome:
@@ -247,5 +281,7 @@ def compile_rules(config: Config) -> dict[str, RuleSet]:
                 caps.append((f"{prefix}latest_versions", upstream.filter.latest_versions))
         if config.filter.latest_versions:
             caps.append(("filter.latest_versions", config.filter.latest_versions))
-        sets[upstream.name] = RuleSet(tuple(own + shared), tuple(caps))
+        chosen = own + shared
+        needs_server = any(name.endswith(("registry_types", "transports")) for name, _ in chosen)
+        sets[upstream.name] = RuleSet(tuple(chosen), tuple(caps), needs_server)
     return sets

@@ -17,7 +17,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "OFFICIAL",
@@ -39,8 +39,7 @@ class MalformedPage(ValueError):
     """The body is not a registry page at all (HTML, truncated, wrong shape)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """One upstream server version: raw text as received plus the facts the mirror indexes."""
 
     name: str

@@ -136,9 +136,11 @@ class EntryWrites:
         )
         return held, seen, cursor.rowcount, names
 
-    async def entries_for(self, names: Iterable[str]) -> list[StoredEntry]:
+    async def entries_for(
+        self, names: Iterable[str], *, with_server: bool = True
+    ) -> list[StoredEntry]:
         """Every stored version of these names, from every upstream."""
-        return await select_entries(self._db, names)
+        return await select_entries(self._db, names, with_server=with_server)
 
     async def names_after(self, after: str, limit: int) -> list[str]:
         """Stored names in order, for walking the whole catalogue in bounded batches."""

@@ -28,13 +28,17 @@ def chunks(items: Sequence[str], size: int = _CHUNK) -> Iterable[Sequence[str]]:
         yield items[start : start + size]
 
 
-async def select_entries(db: aiosqlite.Connection, names: Iterable[str]) -> list[StoredEntry]:
-    """Every stored version of these names, from every upstream."""
+async def select_entries(
+    db: aiosqlite.Connection, names: Iterable[str], *, with_server: bool = True
+) -> list[StoredEntry]:
+    """Every stored version of these names, from every upstream. Without `with_server` the
+    server JSON is left out ('') for callers that only need the facts: it is the bulk."""
+    columns = ENTRY_COLUMNS if with_server else ENTRY_COLUMNS.replace(" server,", " '',")
     found: list[StoredEntry] = []
     for chunk in chunks(sorted(set(names))):
         marks = ",".join("?" * len(chunk))
         async with db.execute(
-            f"SELECT {ENTRY_COLUMNS} FROM entries WHERE name IN ({marks})", tuple(chunk)
+            f"SELECT {columns} FROM entries WHERE name IN ({marks})", tuple(chunk)
         ) as cursor:
             found.extend(StoredEntry(*row) for row in await cursor.fetchall())
     return found

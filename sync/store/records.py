@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 __all__ = [
     "ExistingServed",
@@ -18,17 +19,21 @@ __all__ = [
 ]
 
 
+_ZERO = timedelta(0)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
 def format_stamp(moment: datetime) -> str:
     """The mirror's own timestamps: fixed width, so text order is time order in SQL."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if moment.utcoffset() != _ZERO:
+        moment = moment.astimezone(UTC)
+    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
-@dataclass(frozen=True, slots=True)
-class StoredEntry:
+class StoredEntry(NamedTuple):
     """An upstream entry as the mirror holds it, raw JSON text included."""
 
     id: int
@@ -48,8 +53,7 @@ class StoredEntry:
     removed_at: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class ExistingServed:
+class ExistingServed(NamedTuple):
     """What a served row was, enough to tell whether a rebuilt row differs."""
 
     entry_id: int
@@ -57,8 +61,7 @@ class ExistingServed:
     status: str
 
 
-@dataclass(frozen=True, slots=True)
-class ServedRow:
+class ServedRow(NamedTuple):
     """One (name, version) of a served view, ready to be written."""
 
     name: str

@@ -30,10 +30,9 @@ MIGRATIONS: Sequence[tuple[str, str]] = (
             first_seen_at TEXT NOT NULL,
             seen_sweep INTEGER NOT NULL DEFAULT 0,
             removed_at TEXT,
-            UNIQUE (upstream, name, version)
+            -- name first: it also answers "every version of these names, any upstream"
+            UNIQUE (name, upstream, version)
         );
-        CREATE INDEX entries_name ON entries (name);
-        CREATE INDEX entries_sweep ON entries (upstream, seen_sweep);
 
         CREATE TABLE served (
             id INTEGER PRIMARY KEY,

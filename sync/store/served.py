@@ -83,6 +83,8 @@ class ServedWrites:
         return len(writes)
 
     async def add_rule_hits(self, view: str, hits: Mapping[str, int]) -> None:
+        if not any(hits.values()):
+            return  # a round trip to the writer thread saved on every page without hits
         await self._db.executemany(
             "INSERT INTO rule_hits (view, rule, hits) VALUES (?, ?, ?) "
             "ON CONFLICT (view, rule) DO UPDATE SET hits = hits + excluded.hits",
