@@ -354,3 +354,27 @@ class TestIndexes:
         assert f"s USING INDEX {index}" in plan, plan
         if index != "served_updated":
             assert "TEMP B-TREE" not in plan, plan
+
+    @pytest.mark.parametrize(
+        "term",
+        ["homeassistant", "SPOTDB", "Ephemeral data", "' OR 1=1 --", 'say "hi"', "ha", "mcp"],
+    )
+    async def test_search_paths_agree(self, mirror_db: Path, term: str) -> None:
+        """The trigram index (rare terms) and the index-ordered scan (short or common terms)
+        return the same pages; the plan shows which one ran."""
+        reader = await Reader.open(mirror_db, connections=1)
+        try:
+            query = ListQuery("default", 100, search=term)
+            reader.search_sort_max = 10**6
+            indexed = await reader.list_servers(query)
+            indexed_plan = " | ".join(await reader.plan(query))
+            reader.search_sort_max = 0
+            scanned = await reader.list_servers(query)
+            scanned_plan = " | ".join(await reader.plan(query))
+        finally:
+            await reader.close()
+        assert [r[:2] for r in indexed] == [r[:2] for r in scanned]
+        if scanned or len(term) < 3:  # a term nothing contains is answered by the index
+            assert "USING INDEX sqlite_autoindex_served_1" in scanned_plan
+        if len(term) >= 3:
+            assert "VIRTUAL TABLE" in indexed_plan, indexed_plan

@@ -27,6 +27,12 @@ ServedItem = tuple[str, str, str, str]  # name, version, server JSON, _meta JSON
 _ITEM = (
     "SELECT s.name, s.version, e.server, s.meta FROM served s JOIN entries e ON e.id = s.entry_id"
 )
+# CROSS JOIN fixes the order: the full-text match drives, or SQLite would probe it per row.
+_SEARCH_ITEM = (
+    "SELECT s.name, s.version, e.server, s.meta FROM served_search f "
+    "CROSS JOIN served s ON s.id = f.rowid AND f.served_search MATCH ? "
+    "JOIN entries e ON e.id = s.entry_id"
+)
 _PASS_COLUMNS = (
     "id, upstream, mode, started_at, ended_at, outcome, pages, inserted, updated, unchanged, "
     "removed, quarantined, error, checkpoint, resumed_from"
@@ -59,10 +65,15 @@ def _on_read_only_storage(path: Path) -> bool:
 
 class Reader:
     def __init__(
-        self, connections: list[aiosqlite.Connection], *, sort_delta_max: int = 5000
+        self,
+        connections: list[aiosqlite.Connection],
+        *,
+        sort_delta_max: int = 5000,
+        search_sort_max: int = 10000,
     ) -> None:
         self._connections = connections
         self.sort_delta_max = sort_delta_max
+        self.search_sort_max = search_sort_max
         self._next = itertools.cycle(connections)
 
     @classmethod
@@ -153,11 +164,29 @@ class Reader:
             small = await self._small_delta(q.view, q.updated_since)
             where.append("s.updated_at > ?" if small else "+s.updated_at > ?")
             params.append(q.updated_since)
+        source = _ITEM
         if q.search:
-            where.append("(s.name LIKE ? ESCAPE '\\' OR s.description LIKE ? ESCAPE '\\')")
-            params += [_like(q.search)] * 2
-        sql = f"{_ITEM} WHERE {' AND '.join(where)} ORDER BY s.name, s.version LIMIT ?"
+            phrase = '"' + q.search.replace('"', '""') + '"'
+            if len(q.search) >= 3 and await self._rare(phrase):
+                # Few matches: let the trigram index find them all, then sort those.
+                source = _SEARCH_ITEM
+                params.insert(0, phrase)
+            else:
+                # Short or common terms: walk the name index and stop at the page's end;
+                # matches are dense, so that end comes soon.
+                where.append("(s.name LIKE ? ESCAPE '\\' OR s.description LIKE ? ESCAPE '\\')")
+                params += [_like(q.search)] * 2
+        sql = f"{source} WHERE {' AND '.join(where)} ORDER BY s.name, s.version LIMIT ?"
         return sql, (*params, q.limit + 1)
+
+    async def _rare(self, phrase: str) -> bool:
+        """Whether at most `search_sort_max` served rows contain the phrase (any view)."""
+        rows = await self._all(
+            "SELECT count(*) FROM (SELECT 1 FROM served_search WHERE served_search MATCH ? "
+            "LIMIT ?)",
+            (phrase, self.search_sort_max + 1),
+        )
+        return int(rows[0][0]) <= self.search_sort_max
 
     async def versions(self, view: str, name: str, *, include_deleted: bool) -> list[ServedItem]:
         hidden = "" if include_deleted else "AND s.status != 'deleted'"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 
 import aiosqlite
@@ -115,7 +116,46 @@ MIGRATIONS: Sequence[tuple[str, str]] = (
         "0002_upstreams_failing_since",
         "ALTER TABLE upstreams ADD COLUMN failing_since TEXT",
     ),
+    (
+        # Substring search without a scan: a trigram index over the served names and
+        # descriptions, kept in step with `served` by triggers.
+        "0003_served_search",
+        """
+        CREATE VIRTUAL TABLE served_search USING fts5(
+            name, description, content='served', content_rowid='id', tokenize='trigram'
+        );
+        CREATE TRIGGER served_search_insert AFTER INSERT ON served BEGIN
+            INSERT INTO served_search (rowid, name, description)
+            VALUES (new.id, new.name, new.description);
+        END;
+        CREATE TRIGGER served_search_update AFTER UPDATE OF name, description ON served
+        WHEN old.name IS NOT new.name OR old.description IS NOT new.description BEGIN
+            INSERT INTO served_search (served_search, rowid, name, description)
+            VALUES ('delete', old.id, old.name, old.description);
+            INSERT INTO served_search (rowid, name, description)
+            VALUES (new.id, new.name, new.description);
+        END;
+        CREATE TRIGGER served_search_delete AFTER DELETE ON served BEGIN
+            INSERT INTO served_search (served_search, rowid, name, description)
+            VALUES ('delete', old.id, old.name, old.description);
+        END;
+        INSERT INTO served_search (served_search) VALUES ('rebuild');
+        """,
+    ),
 )
+
+
+def _statements(script: str) -> list[str]:
+    """Split a script into complete statements (trigger bodies contain ';' themselves)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    if current.strip():
+        statements.append(current.strip())
+    return statements
 
 
 async def migrate(db: aiosqlite.Connection) -> list[str]:
@@ -133,9 +173,8 @@ async def migrate(db: aiosqlite.Connection) -> list[str]:
         # executescript would COMMIT on its own; run statement by statement inside one transaction.
         await db.execute("BEGIN IMMEDIATE")
         try:
-            for statement in script.split(";"):
-                if statement.strip():
-                    await db.execute(statement)
+            for statement in _statements(script):
+                await db.execute(statement)
             await db.execute(
                 "INSERT INTO migrations (name, applied_at) "
                 "VALUES (?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
