@@ -20,12 +20,15 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from sync import __version__
+from sync.cache import ResponseCache
 from sync.config import Config
 from sync.metrics import Metrics
 from sync.store import ListQuery, Reader, format_stamp
 from sync.store.reader import ServedItem
 
 __all__ = [
+    "CACHE",
+    "CACHED_ROUTES",
     "CLOCK",
     "CONFIG",
     "METRICS",
@@ -42,6 +45,11 @@ CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 VIEW = web.AppKey("view", str)
 CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")
+CACHE = web.AppKey("response_cache", ResponseCache)
+# Route names whose 200 responses depend only on the store's content (and the URL).
+CACHED_ROUTES = frozenset(
+    {"servers", "versions", "version", "v0_servers", "v0_versions", "v0_version"}
+)
 
 PREFIXES = ("/v0.1", "/v0")
 _RFC3339 = re.compile(
@@ -238,16 +246,18 @@ def add_routes(app: web.Application, base_path: str) -> None:
     router = app.router
     for prefix in PREFIXES:
         root = f"{base_path}{prefix}"
-        reads: list[tuple[str, Handler]] = [
-            ("/servers", list_servers),
-            ("/servers/{serverName}/versions", list_versions),
-            ("/servers/{serverName}/versions/{version}", get_version),
-            ("/health", health),
-            ("/ping", ping),
-            ("/version", version),
+        reads: list[tuple[str, Handler, str | None]] = [
+            ("/servers", list_servers, "servers"),
+            ("/servers/{serverName}/versions", list_versions, "versions"),
+            ("/servers/{serverName}/versions/{version}", get_version, "version"),
+            ("/health", health, None),
+            ("/ping", ping, None),
+            ("/version", version, None),
         ]
-        for path, handler in reads:
-            router.add_get(root + path, handler)
+        for path, handler, name in reads:
+            # aiohttp route names are unique: the /v0 copy carries the prefix in its name.
+            label = name if prefix == PREFIXES[0] or name is None else f"v0_{name}"
+            router.add_get(root + path, handler, name=label)
             for method in ("POST", "PUT", "PATCH", "DELETE"):
                 router.add_route(method, root + path, read_only)
         for path in (

@@ -16,7 +16,8 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from sync.api import CLOCK, CONFIG, METRICS, READER, VIEW, add_routes
+from sync.api import CACHE, CLOCK, CONFIG, METRICS, READER, VIEW, add_routes
+from sync.cache import ResponseCache
 from sync.config import DEFAULT_VIEW, Config
 from sync.engine import Clock, Engine
 from sync.metrics import Metrics
@@ -99,6 +100,7 @@ def create_app(
     app[METRICS] = metrics or Metrics()
     app[VIEW] = DEFAULT_VIEW
     app[CLOCK] = clock
+    app[CACHE] = ResponseCache(config.storage.path, int(config.api.cache_mb * 1024 * 1024))
     if sync:
         app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_reader_ctx)

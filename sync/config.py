@@ -195,6 +195,7 @@ class ApiConfig(_Frozen):
     port: int = Field(default=8080, ge=0, le=65535)
     base_path: str = ""
     stop_grace: Duration = 30.0
+    cache_mb: float = Field(default=64.0, ge=0, description="rendered responses kept; 0 = off")
 
     @field_validator("base_path")
     @classmethod

@@ -12,7 +12,8 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from sync.api import METRICS, Problem, problem
+from sync.api import CACHE, CACHED_ROUTES, METRICS, Problem, problem
+from sync.cache import CachedBody
 
 __all__ = ["middlewares"]
 
@@ -118,25 +119,41 @@ async def guards(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def conditional(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """ETag / If-None-Match on every 200 GET, and gzip for bodies worth compressing."""
-    response = await handler(request)
-    if (
-        request.method not in ("GET", "HEAD")
-        or response.status != 200
-        or not isinstance(response, web.Response)
-        or not isinstance(response.body, bytes)
-    ):
-        return response
-    body = response.body
-    etag = '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+    """Registry reads come from the response cache while the store is unchanged; every 200
+    GET gets an ETag (If-None-Match → 304) and gzip when the client accepts it."""
+    if request.method not in ("GET", "HEAD"):
+        return await handler(request)
+    cache = request.app[CACHE]
+    key = request.path_qs
+    cacheable = request.match_info.route.name in CACHED_ROUTES
+    item = cache.get(key) if cacheable else None
+    if item is None:
+        response = await handler(request)
+        if (
+            response.status != 200
+            or not isinstance(response, web.Response)
+            or not isinstance(response.body, bytes)
+        ):
+            return response
+        item = (
+            cache.put(key, response.body)
+            if cacheable
+            else CachedBody(
+                response.body,
+                '"' + hashlib.blake2b(response.body, digest_size=16).hexdigest() + '"',
+            )
+        )
+        content_type = response.content_type
+    else:
+        content_type = "application/json"
+    headers = {"ETag": item.etag, "Vary": "Accept-Encoding"}
     wanted = request.headers.get("If-None-Match", "")
-    if wanted and (wanted.strip() == "*" or etag in [t.strip() for t in wanted.split(",")]):
-        return web.Response(status=304, headers={"ETag": etag, "Vary": "Accept-Encoding"})
-    response.headers["ETag"] = etag
-    response.headers["Vary"] = "Accept-Encoding"
-    if len(body) > _COMPRESS_OVER:
-        response.enable_compression()
-    return response
+    if wanted and (wanted.strip() == "*" or item.etag in [t.strip() for t in wanted.split(",")]):
+        return web.Response(status=304, headers=headers)
+    if len(item.body) > _COMPRESS_OVER and "gzip" in request.headers.get("Accept-Encoding", ""):
+        headers["Content-Encoding"] = "gzip"
+        return web.Response(body=item.compressed(), headers=headers, content_type=content_type)
+    return web.Response(body=item.body, headers=headers, content_type=content_type)
 
 
 def middlewares() -> list[web.middleware]:  # type: ignore[valid-type]

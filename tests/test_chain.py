@@ -10,6 +10,7 @@ import aiohttp
 from aiohttp.test_utils import TestServer
 
 from sync.app import create_app
+from sync.cache import ResponseCache
 from sync.config import config_from_mapping
 from sync.engine import Engine
 from sync.metrics import Metrics
@@ -102,3 +103,50 @@ async def test_reads_stay_responsive_while_a_pass_writes(
         await store.close()
     # Many reads completed while the one pass was writing: they interleave, not queue.
     assert len(statuses) > 5 and set(statuses) == {200}
+
+
+async def test_cached_pages_follow_every_commit(
+    tmp_path: Path, fake: FakeRegistry, fake_url: str
+) -> None:
+    """Responses are reused only while the store is unchanged: the next read after a commit
+    sees the commit."""
+    config = config_from_mapping(
+        {
+            "storage": {"path": str(tmp_path / "m.db")},
+            "upstreams": [{"name": "up", "url": fake_url, "page_delay": 0}],
+        }
+    )
+    store = await Store.open(config.storage.path)
+    engine = Engine(config, store, Metrics(), sleep=no_sleep)
+    await engine.run("up")
+    api = TestServer(create_app(config, sync=False))
+    await api.start_server()
+    name, version = min(fake.rows)
+    path = f"/v0.1/servers/{name.replace('/', '%2F')}/versions/{version}"
+    try:
+        async with aiohttp.ClientSession() as client:
+            for round_ in range(3):
+                async with client.get(api.make_url(path)) as response:
+                    first = await response.json()
+                async with client.get(api.make_url(path)) as response:
+                    assert await response.json() == first  # served again, unchanged
+                fake.edit(name, version, description=f"edit {round_}")
+                await engine.run("up")
+                async with client.get(api.make_url(path)) as response:
+                    assert (await response.json())["server"]["description"] == f"edit {round_}"
+    finally:
+        await api.close()
+        await engine.close()
+        await store.close()
+
+
+def test_response_cache_is_bounded(tmp_path: Path) -> None:
+    (tmp_path / "m.db").write_bytes(b"")
+    cache = ResponseCache(tmp_path / "m.db", max_bytes=1000)
+    assert cache.get("a") is None
+    for key in "abcde":
+        cache.put(key, b"x" * 300)
+    assert [cache.get(k) is not None for k in "abcde"] == [False, False, True, True, True]
+    assert cache.put("huge", b"y" * 2000).etag and cache.get("huge") is None
+    (tmp_path / "m.db-wal").write_bytes(b"commit")
+    assert cache.get("e") is None  # the store changed: everything is dropped

@@ -1,0 +1,77 @@
+"""Rendered read responses, kept while the store is unchanged.
+
+A mirror serves the same pages to many clients between syncs. The store changes only when
+the writer commits, and every commit writes the WAL file: its size and mtime (one stat call,
+no query) tell whether what is cached is still the store's content. Bounded in bytes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["CachedBody", "ResponseCache"]
+
+_BIGGEST = 1 << 20  # one response over this is not worth a slot
+
+
+@dataclass(slots=True)
+class CachedBody:
+    body: bytes
+    etag: str
+    gzipped: bytes | None = None
+
+    def compressed(self) -> bytes:
+        if self.gzipped is None:
+            self.gzipped = gzip.compress(self.body, compresslevel=6, mtime=0)
+        return self.gzipped
+
+
+class ResponseCache:
+    def __init__(self, store: Path, max_bytes: int) -> None:
+        self._files = (store, Path(f"{store}-wal"))
+        self._max = max_bytes
+        self._items: OrderedDict[str, CachedBody] = OrderedDict()
+        self._size = 0
+        self._version: tuple[int, ...] = ()
+
+    def _current(self) -> tuple[int, ...]:
+        version: list[int] = []
+        for path in self._files:
+            try:
+                stat = os.stat(path)
+            except FileNotFoundError:
+                version += [0, 0]
+            else:
+                version += [stat.st_mtime_ns, stat.st_size]
+        return tuple(version)
+
+    def get(self, key: str) -> CachedBody | None:
+        version = self._current()
+        if version != self._version:
+            self._items.clear()
+            self._size = 0
+            self._version = version
+            return None
+        item = self._items.get(key)
+        if item is not None:
+            self._items.move_to_end(key)
+        return item
+
+    def put(self, key: str, body: bytes) -> CachedBody:
+        item = CachedBody(body, '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"')
+        if self._max <= 0 or len(body) > min(_BIGGEST, self._max):
+            return item
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._size -= len(old.body)
+        self._items[key] = item
+        self._size += len(body)
+        while self._size > self._max:
+            _, evicted = self._items.popitem(last=False)
+            self._size -= len(evicted.body)
+        return item
