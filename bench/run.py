@@ -266,6 +266,8 @@ def run_api_benchmarks(up: str, args: argparse.Namespace) -> None:
     db = OUT / "mirror.db"
     port = free_port()
     config = write_config(OUT / "bench-api.toml", db, up, port)
+    if not db.exists():
+        measure_rss([PY, "-m", "sync", "--config", str(config), "sync", "--full"])
     server = subprocess.Popen(
         [PY, "-m", "sync", "--config", str(config), "serve", "--no-sync"],
         cwd=ROOT,
@@ -311,7 +313,27 @@ def run_api_benchmarks(up: str, args: argparse.Namespace) -> None:
             f"p99 {baseline['p99_ms']:.2f} ms ({len(first_body):,} bytes)",
             **baseline,
         )
-        for name, urls in (("list", pages), ("search", searches), ("latest", latest)):
+        for name, urls in (
+            ("list", pages),
+            ("search", searches),
+            ("latest", latest),
+            ("list_uncached", pages),
+            ("search_uncached", searches),
+        ):
+            if name == "list_uncached":
+                # Restart without the response cache: every request reaches SQLite.
+                server.terminate()
+                server.wait()
+                uncached = write_config(OUT / "bench-api-nocache.toml", db, up, port)
+                uncached.write_text(
+                    uncached.read_text().replace("[api]\n", "[api]\ncache_mb = 0\n")
+                )
+                server = subprocess.Popen(
+                    [PY, "-m", "sync", "--config", str(uncached), "serve", "--no-sync"],
+                    cwd=ROOT,
+                    stderr=subprocess.DEVNULL,
+                )
+                wait_http(f"{base}/v0.1/health")
             figures = wrk(base, urls, args.seconds, name)
             report(
                 f"api_{name}",

@@ -27,12 +27,6 @@ ServedItem = tuple[str, str, str, str]  # name, version, server JSON, _meta JSON
 _ITEM = (
     "SELECT s.name, s.version, e.server, s.meta FROM served s JOIN entries e ON e.id = s.entry_id"
 )
-# CROSS JOIN fixes the order: the full-text match drives, or SQLite would probe it per row.
-_SEARCH_ITEM = (
-    "SELECT s.name, s.version, e.server, s.meta FROM served_search f "
-    "CROSS JOIN served s ON s.id = f.rowid AND f.served_search MATCH ? "
-    "JOIN entries e ON e.id = s.entry_id"
-)
 _PASS_COLUMNS = (
     "id, upstream, mode, started_at, ended_at, outcome, pages, inserted, updated, unchanged, "
     "removed, quarantined, error, checkpoint, resumed_from"
@@ -158,25 +152,42 @@ class Reader:
         elif q.version is not None:
             where.append("s.version = ?")
             params.append(q.version)
+        small = False
         if q.updated_since is not None:
             # An incremental pull reads few rows: find them by time and sort them. A pull from
             # long ago reads most rows: walk the name index and filter instead of sorting it all.
             small = await self._small_delta(q.view, q.updated_since)
             where.append("s.updated_at > ?" if small else "+s.updated_at > ?")
             params.append(q.updated_since)
-        source = _ITEM
+        matches = "served s"
+        sorted_subset = q.updated_since is not None and small
         if q.search:
             phrase = '"' + q.search.replace('"', '""') + '"'
             if len(q.search) >= 3 and await self._rare(phrase):
-                # Few matches: let the trigram index find them all, then sort those.
-                source = _SEARCH_ITEM
+                # Few matches: let the trigram index find them all, then sort those. CROSS
+                # JOIN fixes the order: otherwise SQLite would probe the index once per row.
+                matches = (
+                    "served_search f CROSS JOIN served s "
+                    "ON s.id = f.rowid AND f.served_search MATCH ?"
+                )
                 params.insert(0, phrase)
+                sorted_subset = True
             else:
                 # Short or common terms: walk the name index and stop at the page's end;
                 # matches are dense, so that end comes soon.
                 where.append("(s.name LIKE ? ESCAPE '\\' OR s.description LIKE ? ESCAPE '\\')")
                 params += [_like(q.search)] * 2
-        sql = f"{source} WHERE {' AND '.join(where)} ORDER BY s.name, s.version LIMIT ?"
+        order = "ORDER BY s.name, s.version"
+        if not sorted_subset:
+            sql = f"{_ITEM} WHERE {' AND '.join(where)} {order} LIMIT ?"
+            return sql, (*params, q.limit + 1)
+        # Sorting a subset: sort only the keys, then fetch the page's payload. Sorting rows
+        # that carry the server JSON costs several times more.
+        sql = (
+            f"SELECT s.name, s.version, e.server, s.meta FROM (SELECT s.id FROM {matches} "
+            f"WHERE {' AND '.join(where)} {order} LIMIT ?) AS page "
+            f"CROSS JOIN served s ON s.id = page.id JOIN entries e ON e.id = s.entry_id {order}"
+        )
         return sql, (*params, q.limit + 1)
 
     async def _rare(self, phrase: str) -> bool:
