@@ -140,6 +140,9 @@ MIGRATIONS: Sequence[tuple[str, str]] = (
             VALUES ('delete', old.id, old.name, old.description);
         END;
         INSERT INTO served_search (served_search) VALUES ('rebuild');
+        -- Each page commit adds a segment; merging 16 at a time instead of 4 writes about a
+        -- third less on a full pass, and queries do not notice.
+        INSERT INTO served_search (served_search, rank) VALUES ('automerge', 16);
         """,
     ),
 )
