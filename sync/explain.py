@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from sync.config import Config
-from sync.rules import Candidate, compile_rules
+from sync.rules import compile_rules
 from sync.store.records import StoredEntry
-from sync.view import decide
+from sync.view import candidate_of, decide
 
 __all__ = ["explain", "render"]
 
@@ -32,15 +32,7 @@ def explain(config: Config, entries: Sequence[StoredEntry], version: str | None)
             decision = by_id[entry.id]
             verdicts = []
             if upstream in rules:
-                candidate = Candidate(
-                    entry.upstream,
-                    entry.name,
-                    entry.version,
-                    entry.status,
-                    entry.status_message,
-                    entry.description,
-                    entry.server,
-                )
+                candidate = candidate_of(entry)
                 for rule_name, rule in rules[upstream].rules:
                     effect = rule(candidate)
                     if effect is None:

@@ -22,7 +22,7 @@ from sync.store.records import ExistingServed, ServedRow, StoredEntry
 from sync.versions import latest_of, parse_timestamp, version_key
 from sync.wire import OFFICIAL
 
-__all__ = ["Build", "EntryDecision", "build", "decide"]
+__all__ = ["Build", "EntryDecision", "build", "candidate_of", "decide"]
 
 STAMP = "{stamp}"
 
@@ -64,6 +64,19 @@ class _Served(NamedTuple):
         return self.outcome.status
 
 
+def candidate_of(entry: StoredEntry) -> Candidate:
+    """What the rules see of a stored entry."""
+    return Candidate(
+        entry.upstream,
+        entry.name,
+        entry.version,
+        entry.status,
+        entry.status_message,
+        entry.description,
+        entry.server,
+    )
+
+
 def decide(
     entries: Sequence[StoredEntry], order: Sequence[str], rules: Mapping[str, RuleSet]
 ) -> tuple[list[EntryDecision], Counter[str]]:
@@ -90,15 +103,7 @@ def decide(
             reason = f"removed: upstream no longer lists it (since {entry.removed_at})"
             decisions.append(EntryDecision(entry, None, False, reason))
         else:
-            candidate = Candidate(
-                entry.upstream,
-                entry.name,
-                entry.version,
-                entry.status,
-                entry.status_message,
-                entry.description,
-                entry.server,
-            )
+            candidate = candidate_of(entry)
             ruleset = rules[entry.upstream]
             outcome = evaluate(candidate, ruleset.rules)
             hits.update(effect.rule for effect in outcome.effects)

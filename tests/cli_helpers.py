@@ -26,14 +26,7 @@ def write_config(
 
 
 async def run(*args: str | Path) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sync",
-        *map(str, args),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await spawn(*args)
     out, err = await process.communicate()
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
@@ -44,3 +37,11 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+async def spawn(*args: str | Path, quiet: bool = False) -> asyncio.subprocess.Process:
+    """`python -m sync ARGS` as a child process, its output piped (or discarded)."""
+    stream = asyncio.subprocess.DEVNULL if quiet else asyncio.subprocess.PIPE
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sync", *map(str, args), stdout=stream, stderr=stream
+    )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +75,9 @@ async def test_second_mirror_follows_the_first(
             await store.close()
 
 
-async def test_reads_stay_responsive_while_a_pass_writes(
-    tmp_path: Path, fake: FakeRegistry, fake_url: str
-) -> None:
-    """Readers use their own read-only WAL connections: a full pass never blocks them."""
+@asynccontextmanager
+async def synced_mirror(tmp_path: Path, fake_url: str) -> AsyncIterator[tuple[Engine, TestServer]]:
+    """A mirror after one full pass, and its API served from read-only connections."""
     config = config_from_mapping(
         {
             "storage": {"path": str(tmp_path / "m.db")},
@@ -88,19 +89,26 @@ async def test_reads_stay_responsive_while_a_pass_writes(
     await engine.run("up")
     api = TestServer(create_app(config, sync=False))
     await api.start_server()
-    statuses: list[int] = []
     try:
-        async with aiohttp.ClientSession() as client:
-            syncing = asyncio.create_task(engine.run("up", full=True))
-            while not syncing.done():
-                async with client.get(api.make_url("/v0.1/servers?limit=100")) as response:
-                    await response.read()
-                    statuses.append(response.status)
-            assert (await syncing).outcome == "ok"
+        yield engine, api
     finally:
         await api.close()
         await engine.close()
         await store.close()
+
+
+async def test_reads_stay_responsive_while_a_pass_writes(
+    tmp_path: Path, fake: FakeRegistry, fake_url: str
+) -> None:
+    """Readers use their own read-only WAL connections: a full pass never blocks them."""
+    statuses: list[int] = []
+    async with synced_mirror(tmp_path, fake_url) as (engine, api), aiohttp.ClientSession() as c:
+        syncing = asyncio.create_task(engine.run("up", full=True))
+        while not syncing.done():
+            async with c.get(api.make_url("/v0.1/servers?limit=100")) as response:
+                await response.read()
+                statuses.append(response.status)
+        assert (await syncing).outcome == "ok"
     # Many reads completed while the one pass was writing: they interleave, not queue.
     assert len(statuses) > 5 and set(statuses) == {200}
 
@@ -110,34 +118,18 @@ async def test_cached_pages_follow_every_commit(
 ) -> None:
     """Responses are reused only while the store is unchanged: the next read after a commit
     sees the commit."""
-    config = config_from_mapping(
-        {
-            "storage": {"path": str(tmp_path / "m.db")},
-            "upstreams": [{"name": "up", "url": fake_url, "page_delay": 0}],
-        }
-    )
-    store = await Store.open(config.storage.path)
-    engine = Engine(config, store, Metrics(), sleep=no_sleep)
-    await engine.run("up")
-    api = TestServer(create_app(config, sync=False))
-    await api.start_server()
     name, version = min(fake.rows)
     path = f"/v0.1/servers/{name.replace('/', '%2F')}/versions/{version}"
-    try:
-        async with aiohttp.ClientSession() as client:
-            for round_ in range(3):
-                async with client.get(api.make_url(path)) as response:
-                    first = await response.json()
-                async with client.get(api.make_url(path)) as response:
-                    assert await response.json() == first  # served again, unchanged
-                fake.edit(name, version, description=f"edit {round_}")
-                await engine.run("up")
-                async with client.get(api.make_url(path)) as response:
-                    assert (await response.json())["server"]["description"] == f"edit {round_}"
-    finally:
-        await api.close()
-        await engine.close()
-        await store.close()
+    async with synced_mirror(tmp_path, fake_url) as (engine, api), aiohttp.ClientSession() as c:
+        for round_ in range(3):
+            async with c.get(api.make_url(path)) as response:
+                first = await response.json()
+            async with c.get(api.make_url(path)) as response:
+                assert await response.json() == first  # served again, unchanged
+            fake.edit(name, version, description=f"edit {round_}")
+            await engine.run("up")
+            async with c.get(api.make_url(path)) as response:
+                assert (await response.json())["server"]["description"] == f"edit {round_}"
 
 
 def test_response_cache_is_bounded(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ import re
 import signal
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import pytest
 from sync.engine import Engine
 from sync.metrics import Metrics
 from sync.store import Reader, Store
-from tests.cli_helpers import free_port, run, write_config
+from tests.cli_helpers import free_port, run, spawn, write_config
 from tests.fake_upstream import FakeRegistry
 from tests.faults.conftest import check_truth
 from tests.helpers import assert_mirrors, no_sleep, served
@@ -30,16 +29,7 @@ async def test_sigkill_mid_pass_resumes_and_ends_identical(
     """A pass killed with SIGKILL between pages resumes from its last committed page."""
     config = write_config(tmp_path, fake_url)
     fake.page_delay = 0.05
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sync",
-        "--config",
-        str(config),
-        "sync",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    process = await spawn("--config", config, "sync", quiet=True)
     db = tmp_path / "mirror.db"
     pages = 0
     for _ in range(500):
@@ -83,16 +73,7 @@ async def test_serve_syncs_serves_and_stops_cleanly_mid_pass(
         tmp_path, fake_url, f"[api]\nport = {port}\nstop_grace = 10\n", before_upstreams=True
     )
     fake.page_delay = 0.1
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sync",
-        "--config",
-        str(config),
-        "serve",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await spawn("--config", config, "serve")
     try:
         async with aiohttp.ClientSession() as client:
             count = 0
