@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 
@@ -23,7 +24,7 @@ from sync.curation import Curator
 from sync.errors import PermanentUpstreamError, StoreError, UpstreamError
 from sync.metrics import Metrics
 from sync.store import PassCounts, Store, UpstreamState, format_stamp, utcnow
-from sync.upstream import Sleep, UpstreamClient
+from sync.upstream import Fetched, Sleep, UpstreamClient
 from sync.wire import MalformedPage, Page, parse_page
 
 __all__ = ["Engine", "PassResult"]
@@ -98,6 +99,7 @@ class Engine:
         self._locks = {u.name: asyncio.Lock() for u in config.upstreams}
         self._clients: dict[str, UpstreamClient] = {}
         self._stopping = False
+        self._stopped = asyncio.Event()
 
     async def _client(self, config: UpstreamConfig) -> UpstreamClient:
         """One client per upstream for the engine's life, so politeness spans passes."""
@@ -128,8 +130,21 @@ class Engine:
         return self._locks[upstream].locked()
 
     def stop(self) -> None:
-        """Ask running passes to end after the page they are on; nothing new starts."""
+        """Ask running passes to end after the page they are on; nothing new starts. A pass
+        waiting on the network (or backing off before a retry) stops waiting at once."""
         self._stopping = True
+        self._stopped.set()
+
+    async def _unless_stopped(self, fetch: asyncio.Future[Fetched]) -> Fetched:
+        stopper: asyncio.Future[Any] = asyncio.ensure_future(self._stopped.wait())
+        waiting: set[asyncio.Future[Any]] = {fetch, stopper}
+        try:
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if fetch not in done:
+            raise _Stopped
+        return fetch.result()
 
     async def idle(self) -> None:
         """Wait until no pass is running."""
@@ -262,7 +277,7 @@ class Engine:
         )
         try:
             while True:
-                fetched = await pending
+                fetched = await self._unless_stopped(pending)
                 if started is None:
                     # The upstream's own clock, where it gives one, is what its rows are stamped
                     # with; ours may be skewed. Its Date is truncated to the second: conservative.

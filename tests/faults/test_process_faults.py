@@ -7,6 +7,7 @@ import re
 import signal
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -182,3 +183,34 @@ async def test_read_only_database_is_a_clear_error(
         assert_mirrors(await served(reader), fake)
     finally:
         await reader.close()
+
+
+async def test_sigterm_while_the_upstream_hangs_stops_at_once(
+    tmp_path: Path, fake_url: str, fake: FakeRegistry
+) -> None:
+    """A pass waiting on a silent upstream (or backing off) does not hold the stop."""
+    port = free_port()
+    config = write_config(
+        tmp_path, fake_url, f"[api]\nport = {port}\nstop_grace = 60\n", before_upstreams=True
+    )
+    fake.slow(120.0)
+    process = await spawn("--config", config, "serve")
+    try:
+        async with aiohttp.ClientSession() as client:
+            for _ in range(200):
+                await asyncio.sleep(0.05)
+                if fake.requests:
+                    break
+            async with client.get(f"http://127.0.0.1:{port}/healthz") as response:
+                assert response.status == 200
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(process.communicate(), 20)
+        waited = time.monotonic() - started
+    finally:
+        if process.returncode is None:
+            process.kill()
+    assert process.returncode == 0, err.decode()[-2000:]
+    assert waited < 30, f"stopping took {waited:.1f} s: it waited out stop_grace (60 s)"
+    with sqlite3.connect(tmp_path / "mirror.db") as db:
+        assert db.execute("SELECT outcome FROM passes").fetchone()[0] == "interrupted"
