@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,6 +23,7 @@ from sync.config import DEFAULT_VIEW, Config, UpstreamConfig
 from sync.curation import Curator
 from sync.errors import PermanentUpstreamError, StoreError, UpstreamError
 from sync.metrics import Metrics
+from sync.passes import PassResult, circuit_delay, report
 from sync.store import PassCounts, Store, UpstreamState, format_stamp, utcnow
 from sync.upstream import Fetched, Sleep, UpstreamClient
 from sync.wire import MalformedPage, Page, parse_page
@@ -36,29 +37,6 @@ Progress = Callable[[str, PassCounts], None]
 
 class _Stopped(Exception):
     """The daemon is stopping: the pass ends after a committed page and resumes later."""
-
-
-@dataclass(slots=True)
-class PassResult:
-    upstream: str
-    mode: str
-    outcome: str
-    counts: PassCounts = field(default_factory=PassCounts)
-    duration: float = 0.0
-    checkpoint: str | None = None
-    error: str | None = None
-    pass_id: int | None = None
-
-    def summary(self) -> str:
-        c = self.counts
-        text = (
-            f"{self.upstream}: {self.outcome} {self.mode} pass in {self.duration:.1f}s, "
-            f"{c.pages} pages, {c.inserted} inserted, {c.updated} updated, "
-            f"{c.unchanged} unchanged, {c.removed} removed, {c.quarantined} quarantined"
-        )
-        if self.checkpoint:
-            text += f", checkpoint {self.checkpoint}"
-        return text + (f" — {self.error}" if self.error else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,9 +103,6 @@ class Engine:
             closed = await self.store.close_interrupted(self._now())
         await self.curator.ensure_current()
         return closed
-
-    def running(self, upstream: str) -> bool:
-        return self._locks[upstream].locked()
 
     def stop(self) -> None:
         """Ask running passes to end after the page they are on; nothing new starts. A pass
@@ -240,7 +215,7 @@ class Engine:
             raise
         finally:
             result.duration = time.perf_counter() - started_clock
-            self._observe(result)
+            report(result, self.metrics)
         return result
 
     def _plan(self, config: UpstreamConfig, state: UpstreamState, *, force_full: bool) -> _Plan:
@@ -403,11 +378,8 @@ class Engine:
         failures = state.failures + 1
         circuit_until = None
         # Only the upstream's faults open its circuit: a full disk is not its doing.
-        if upstream_fault and failures >= config.failure_threshold:
-            delay = min(
-                config.interval * 2 ** (failures - config.failure_threshold),
-                config.circuit_max_delay,
-            )
+        delay = circuit_delay(config, failures) if upstream_fault else None
+        if delay is not None:
             circuit_until = format_stamp(self.clock() + timedelta(seconds=delay))
         async with self.store.transaction():
             await self.store.fail_pass(
@@ -424,20 +396,3 @@ class Engine:
     async def _record_interrupt(self, result: PassResult) -> None:
         async with self.store.transaction():
             await self.store.close_interrupted(self._now(), result.error or "interrupted")
-
-    def _observe(self, result: PassResult) -> None:
-        if result.outcome == "skipped":
-            return
-        m, c = self.metrics, result.counts
-        m.sync_runs.labels(result.upstream, result.mode, result.outcome).inc()
-        m.sync_duration.labels(result.upstream, result.mode).observe(result.duration)
-        for action in ("inserted", "updated", "unchanged", "removed", "quarantined"):
-            m.sync_entries.labels(result.upstream, action).inc(getattr(c, action))
-        log.info(
-            "sync.finished",
-            outcome=result.outcome,
-            duration_s=round(result.duration, 3),
-            checkpoint=result.checkpoint,
-            error=result.error,
-            **c.as_dict(),
-        )
