@@ -395,4 +395,6 @@ class Engine:
 
     async def _record_interrupt(self, result: PassResult) -> None:
         async with self.store.transaction():
-            await self.store.close_interrupted(self._now(), result.error or "interrupted")
+            await self.store.close_interrupted(
+                self._now(), result.error or "interrupted", pass_id=result.pass_id
+            )

@@ -21,13 +21,19 @@ class PassWrites:
         return state
 
     async def close_interrupted(
-        self, now: str, reason: str = "process stopped before the pass completed"
+        self,
+        now: str,
+        reason: str = "process stopped before the pass completed",
+        *,
+        pass_id: int | None = None,
     ) -> int:
-        """Passes still marked running were stopped, or belong to a process that died."""
+        """Passes still marked running were stopped (this one, or all of them at start-up,
+        when they can only belong to a process that died)."""
+        only = "" if pass_id is None else " AND id = ?"
         cursor = await self._db.execute(
-            "UPDATE passes SET outcome = 'interrupted', ended_at = ?, error = ? "
-            "WHERE outcome = 'running'",
-            (now, reason),
+            f"UPDATE passes SET outcome = 'interrupted', ended_at = ?, error = ? "
+            f"WHERE outcome = 'running'{only}",
+            (now, reason) if pass_id is None else (now, reason, pass_id),
         )
         return cursor.rowcount
 
