@@ -81,6 +81,7 @@ class Curator:
                 names = await self.store.names_after(after, _BATCH)
                 if not names:
                     await self.store.set_setting(f"rules_digest:{self.view}", self.digest)
+                    await self.store.rebuild_search_index()
                     break
                 built = await self.rebuild(names)
             names_seen += len(names)

@@ -178,6 +178,9 @@ class Engine:
             log.info("sync.skipped", reason=result.error)
             return result
         async with self.store.transaction():
+            first_sync = plan.mode == "full" and plan.resumed_from is None
+            if first_sync and await self.store.served_is_empty():
+                await self.store.suspend_search_index()
             result.pass_id = await self.store.start_pass(
                 config.name,
                 mode=plan.mode,
@@ -357,6 +360,8 @@ class Engine:
             await self.store.record_page(
                 config.name, result.pass_id, None, PassCounts(removed=result.counts.removed)
             )
+            if await self.store.rebuild_search_index():
+                log.info("sync.search_index_built")
             await self.store.finish_pass(
                 config.name,
                 result.pass_id,

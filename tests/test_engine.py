@@ -9,7 +9,7 @@ from sync import __version__
 from sync.config import Config
 from sync.engine import Engine
 from sync.metrics import Metrics
-from sync.store import Reader, Store
+from sync.store import ListQuery, Reader, Store
 from tests.fake_upstream import FakeRegistry
 from tests.helpers import assert_mirrors, latest_by_name, no_sleep, official, served
 
@@ -243,3 +243,41 @@ class TestResume:
         history = await reader.passes("official")
         assert [p.outcome for p in history[:2]] == ["ok", "interrupted"]
         assert history[0].resumed_from == history[1].id
+
+
+class TestSearchIndex:
+    async def test_first_sync_defers_the_index_then_builds_it_once(
+        self, config: Config, store: Store, reader: Reader, fake: FakeRegistry
+    ) -> None:
+        """Mid-way through a first sync, search scans (and is right); a resumed, completed
+        pass leaves a full-text index covering every page, before and after the stop."""
+        release = asyncio.Event()
+
+        async def hang_on_page_4(count: int) -> None:
+            if count == 4:
+                await release.wait()
+
+        fake.after_page = hang_on_page_4
+        engine = Engine(config, store, Metrics(), sleep=no_sleep)
+        task = asyncio.create_task(engine.run("official"))
+        early = ListQuery("default", 100, search="aliengiraffe")
+        while not await reader.list_servers(early):
+            await asyncio.sleep(0.01)
+        assert "VIRTUAL TABLE" not in " ".join(await reader.plan(early))
+        assert [r[0] for r in await reader.list_servers(early)] == ["ai.aliengiraffe/spotdb"]
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await engine.close()
+
+        fake.after_page = None
+        engine = Engine(config, store, Metrics(), sleep=no_sleep)
+        assert (await engine.run("official")).outcome == "ok"
+        await engine.close()
+        late_name = max(fake.rows)[0]
+        for term, name in (
+            ("aliengiraffe", "ai.aliengiraffe/spotdb"),
+            (late_name.split("/")[1], late_name),
+        ):
+            query = ListQuery("default", 100, search=term)
+            assert "VIRTUAL TABLE" in " ".join(await reader.plan(query))
+            assert name in [r[0] for r in await reader.list_servers(query)]

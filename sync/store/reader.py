@@ -192,12 +192,14 @@ class Reader:
 
     async def _rare(self, phrase: str) -> bool:
         """Whether at most `search_sort_max` served rows contain the phrase (any view)."""
+        # While a first full sync defers the index (setting "stale") it is incomplete: scan.
         rows = await self._all(
-            "SELECT count(*) FROM (SELECT 1 FROM served_search WHERE served_search MATCH ? "
-            "LIMIT ?)",
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM settings WHERE key = 'search_index' "
+            "AND value = 'stale') THEN -1 ELSE (SELECT count(*) FROM (SELECT 1 FROM "
+            "served_search WHERE served_search MATCH ? LIMIT ?)) END",
             (phrase, self.search_sort_max + 1),
         )
-        return int(rows[0][0]) <= self.search_sort_max
+        return 0 <= int(rows[0][0]) <= self.search_sort_max
 
     async def versions(self, view: str, name: str, *, include_deleted: bool) -> list[ServedItem]:
         hidden = "" if include_deleted else "AND s.status != 'deleted'"

@@ -8,8 +8,11 @@ import aiosqlite
 
 from sync.store.queries import chunks
 from sync.store.records import ExistingServed, ServedRow
+from sync.store.schema import SEARCH_TRIGGER_NAMES, SEARCH_TRIGGERS, statements
 
 __all__ = ["ServedWrites"]
+
+_SEARCH_STATE = "search_index"  # "stale" while the full-text index waits for a rebuild
 
 
 class ServedWrites:
@@ -105,3 +108,24 @@ class ServedWrites:
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
+
+    async def served_is_empty(self) -> bool:
+        async with self._db.execute("SELECT 1 FROM served LIMIT 1") as cursor:
+            return await cursor.fetchone() is None
+
+    async def suspend_search_index(self) -> None:
+        """Stop row-by-row upkeep of the full-text index (for a first full sync); readers
+        fall back to scanning until `rebuild_search_index` runs."""
+        for name in SEARCH_TRIGGER_NAMES:
+            await self._db.execute(f"DROP TRIGGER IF EXISTS {name}")
+        await self.set_setting(_SEARCH_STATE, "stale")
+
+    async def rebuild_search_index(self) -> bool:
+        """Build the full-text index in one go if it was suspended; True if it ran."""
+        if await self.setting(_SEARCH_STATE) != "stale":
+            return False
+        await self._db.execute("INSERT INTO served_search (served_search) VALUES ('rebuild')")
+        for statement in statements(SEARCH_TRIGGERS):
+            await self._db.execute(statement)
+        await self.set_setting(_SEARCH_STATE, "ready")
+        return True
