@@ -276,7 +276,7 @@ class TestSearchIndex:
         late_name = max(fake.rows)[0]
         for term, name in (
             ("aliengiraffe", "ai.aliengiraffe/spotdb"),
-            (late_name.split("/")[1], late_name),
+            (late_name, late_name),
         ):
             query = ListQuery("default", 100, search=term)
             assert "VIRTUAL TABLE" in " ".join(await reader.plan(query))
