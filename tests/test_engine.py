@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sync import __version__
 from sync.config import Config
@@ -205,20 +206,27 @@ class TestReconcile:
         assert all(len(v) <= 1 for v in latest_by_name(mirror).values())
 
 
+def start_pass_hanging_on_page_4(
+    config: Config, store: Store, fake: FakeRegistry
+) -> tuple[Engine, asyncio.Task[Any]]:
+    """A pass whose fourth request never answers, running in the background."""
+    release = asyncio.Event()
+
+    async def hang_on_page_4(count: int) -> None:
+        if count == 4:
+            await release.wait()
+
+    fake.after_page = hang_on_page_4
+    engine = Engine(config, store, Metrics(), sleep=no_sleep)
+    return engine, asyncio.create_task(engine.run("official"))
+
+
 class TestResume:
     async def test_cancelled_pass_resumes_from_its_last_page(
         self, config: Config, store: Store, reader: Reader, fake: FakeRegistry
     ) -> None:
         """Stopping mid-pass keeps the committed pages and the cursor; the next run goes on."""
-        release = asyncio.Event()
-
-        async def hang_on_page_4(count: int) -> None:
-            if count == 4:
-                await release.wait()
-
-        fake.after_page = hang_on_page_4
-        engine = Engine(config, store, Metrics(), sleep=no_sleep)
-        task = asyncio.create_task(engine.run("official"))
+        engine, task = start_pass_hanging_on_page_4(config, store, fake)
         while len(fake.requests) < 4:
             await asyncio.sleep(0.01)
         task.cancel()
@@ -251,15 +259,7 @@ class TestSearchIndex:
     ) -> None:
         """Mid-way through a first sync, search scans (and is right); a resumed, completed
         pass leaves a full-text index covering every page, before and after the stop."""
-        release = asyncio.Event()
-
-        async def hang_on_page_4(count: int) -> None:
-            if count == 4:
-                await release.wait()
-
-        fake.after_page = hang_on_page_4
-        engine = Engine(config, store, Metrics(), sleep=no_sleep)
-        task = asyncio.create_task(engine.run("official"))
+        engine, task = start_pass_hanging_on_page_4(config, store, fake)
         early = ListQuery("default", 100, search="aliengiraffe")
         while not await reader.list_servers(early):
             await asyncio.sleep(0.01)

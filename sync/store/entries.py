@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 
 import aiosqlite
 
-from sync.store.queries import chunks, select_entries
+from sync.store.queries import select_by_names, select_entries
 from sync.store.records import PassCounts, StoredEntry
 from sync.wire import Entry, Rejected
 
@@ -26,17 +26,16 @@ class EntryWrites:
         touched: set[str] = set()
         if not entries:
             return counts, touched
-        names = sorted({e.name for e in entries})
-        known: dict[tuple[str, str], tuple[int, bytes, str | None]] = {}
-        for chunk in chunks(names):
-            marks = ",".join("?" * len(chunk))
-            async with self._db.execute(
-                f"SELECT name, version, id, digest, removed_at FROM entries "
-                f"WHERE upstream = ? AND name IN ({marks})",
-                (upstream, *chunk),
-            ) as cursor:
-                async for name, version, entry_id, digest, removed in cursor:
-                    known[(name, version)] = (entry_id, digest, removed)
+        rows = await select_by_names(
+            self._db,
+            "SELECT name, version, id, digest, removed_at FROM entries "
+            "WHERE upstream = ? AND name IN ({names})",
+            (upstream,),
+            (e.name for e in entries),
+        )
+        known = {
+            (name, version): (i, digest, removed) for name, version, i, digest, removed in rows
+        }
         # One statement per kind of write, not per entry: each aiosqlite call is a thread
         # round trip. A key repeated within the page keeps its last copy.
         latest = {(e.name, e.version): e for e in entries}

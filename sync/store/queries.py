@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import aiosqlite
 
 from sync.store.records import StoredEntry, UpstreamState
 
-__all__ = ["STATE_COLUMNS", "chunks", "select_entries", "select_states"]
+__all__ = [
+    "STATE_COLUMNS",
+    "chunks",
+    "select_by_names",
+    "select_entries",
+    "select_states",
+]
 
 ENTRY_COLUMNS = (
     "id, upstream, name, version, server, meta, status, status_message, status_changed_at, "
@@ -28,20 +35,27 @@ def chunks(items: Sequence[str], size: int = _CHUNK) -> Iterable[Sequence[str]]:
         yield items[start : start + size]
 
 
+async def select_by_names(
+    db: aiosqlite.Connection, sql: str, params: tuple[object, ...], names: Iterable[str]
+) -> list[Any]:
+    """Run `sql`, whose `{names}` stands for the name placeholders, over `names` in bounded
+    chunks; `params` bind before the names."""
+    rows: list[Any] = []
+    for chunk in chunks(sorted(set(names))):
+        marks = ",".join("?" * len(chunk))
+        async with db.execute(sql.format(names=marks), (*params, *chunk)) as cursor:
+            rows.extend(await cursor.fetchall())
+    return rows
+
+
 async def select_entries(
     db: aiosqlite.Connection, names: Iterable[str], *, with_server: bool = True
 ) -> list[StoredEntry]:
     """Every stored version of these names, from every upstream. Without `with_server` the
     server JSON is left out ('') for callers that only need the facts: it is the bulk."""
     columns = ENTRY_COLUMNS if with_server else ENTRY_COLUMNS.replace(" server,", " '',")
-    found: list[StoredEntry] = []
-    for chunk in chunks(sorted(set(names))):
-        marks = ",".join("?" * len(chunk))
-        async with db.execute(
-            f"SELECT {columns} FROM entries WHERE name IN ({marks})", tuple(chunk)
-        ) as cursor:
-            found.extend(StoredEntry(*row) for row in await cursor.fetchall())
-    return found
+    sql = f"SELECT {columns} FROM entries WHERE name IN ({{names}})"
+    return [StoredEntry(*row) for row in await select_by_names(db, sql, (), names)]
 
 
 async def select_states(db: aiosqlite.Connection, name: str | None = None) -> list[UpstreamState]:

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import aiosqlite
 
-from sync.store.queries import chunks
+from sync.store.queries import select_by_names
 from sync.store.records import ExistingServed, ServedRow
 from sync.store.schema import SEARCH_TRIGGER_NAMES, SEARCH_TRIGGERS, statements
 
@@ -26,17 +26,16 @@ class ServedWrites:
     async def served_state(
         self, view: str, names: Iterable[str]
     ) -> dict[tuple[str, str], ExistingServed]:
-        found: dict[tuple[str, str], ExistingServed] = {}
-        for chunk in chunks(sorted(set(names))):
-            marks = ",".join("?" * len(chunk))
-            async with self._db.execute(
-                f"SELECT name, version, entry_id, form, status FROM served "
-                f"WHERE view = ? AND name IN ({marks})",
-                (view, *chunk),
-            ) as cursor:
-                async for name, version, entry_id, form, status in cursor:
-                    found[(name, version)] = ExistingServed(entry_id, form, status)
-        return found
+        rows = await select_by_names(
+            self._db,
+            "SELECT name, version, entry_id, form, status FROM served "
+            "WHERE view = ? AND name IN ({names})",
+            (view,),
+            names,
+        )
+        return {
+            (n, v): ExistingServed(entry_id, form, status) for n, v, entry_id, form, status in rows
+        }
 
     async def write_served(
         self,
