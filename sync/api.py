@@ -106,10 +106,10 @@ def _limit(query: Any) -> int:
     text = query.get("limit")
     if text is None:
         return 30
-    try:
-        limit = int(text)
-    except ValueError:
-        raise Problem(422, f"validation failed: limit must be an integer, got {text!r}") from None
+    # ASCII digits only, as Go parses them: int() would also take "1_0", " 5" or Arabic digits.
+    if not re.fullmatch(r"-?[0-9]{1,9}", text):
+        raise Problem(422, f"validation failed: limit must be an integer, got {text!r}")
+    limit = int(text)
     if not 1 <= limit <= 100:
         raise Problem(422, f"validation failed: limit must be between 1 and 100, got {limit}")
     return limit
