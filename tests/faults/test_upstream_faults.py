@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
+from sync.store import Reader
 from sync.upstream import parse_retry_after
 from tests.fake_upstream import FakeRegistry
 from tests.faults.conftest import Waits, check_truth
@@ -97,6 +98,44 @@ class TestBadContent:
         assert result.outcome == "ok" and result.counts.quarantined == 1
         del fake.rows[poison.key]
         await check_truth(engine, fake)
+
+    async def test_quarantine_keeps_reasons_and_releases_fixed_entries(
+        self, engines: Any, fake: FakeRegistry
+    ) -> None:
+        """Each poison entry is held with its reason and upstream; once upstream fixes it,
+        it lands and leaves quarantine."""
+        engine = await engines()
+        fake.add_raw({"name": "not a valid name", "version": "1.0.0", "description": "x"})
+        fake.add_raw({"name": "io.github.poison/no-version", "description": "x"})
+        fixed = fake.add_raw({"name": "io.github.poison/bad-status", "version": "1"})
+        fixed.official["status"] = "banned"
+        result = await engine.run("official")
+        assert (result.outcome, result.counts.quarantined, result.counts.inserted) == (
+            "ok",
+            3,
+            2628,
+        )
+        reader = await Reader.open(engine.store.path)
+        try:
+            held = {q.key: (q.upstream, q.reason) for q in await reader.quarantine()}
+            assert held["not a valid name@1.0.0"] == (
+                "official",
+                "name does not match the server.json pattern namespace/name",
+            )
+            assert held["io.github.poison/bad-status@1"][1] == "unknown status 'banned'"
+            assert any(r == "missing or non-string 'version'" for _, r in held.values())
+            fixed.official["status"] = "active"
+            fake.edit("io.github.poison/bad-status", "1")
+            await engine.run("official")
+            assert len(await reader.quarantine("official")) == 2
+            assert (
+                await reader.version(
+                    "default", "io.github.poison/bad-status", "1", include_deleted=False
+                )
+                is not None
+            )
+        finally:
+            await reader.close()
 
     async def test_oversized_entry_is_quarantined(self, engines: Any, fake: FakeRegistry) -> None:
         engine = await engines(max_entry_bytes=50_000)
