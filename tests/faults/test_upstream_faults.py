@@ -77,16 +77,22 @@ class TestTransient:
         await check_truth(engine, fake)
 
     async def test_connection_refused_keeps_the_mirror(
-        self, engines: Any, fake: FakeRegistry, make_config: Any
+        self, engines: Any, fake: FakeRegistry
     ) -> None:
+        """The pass fails with the address in its error; the mirror and the checkpoint stay
+        as the last good pass left them."""
         engine = await engines()
-        await engine.run("official")
+        first = await engine.run("official")
         await engine.close()
         await engine.store.close()
         down = await engines(retries=1, url="http://127.0.0.1:9")  # same mirror file
         result = await down.run("official")
         assert result.outcome == "failed"
         assert "127.0.0.1:9" in (result.error or "")
+        async with down.store.transaction():
+            state = await down.store.state("official")
+        assert state.checkpoint == first.checkpoint
+        assert state.failures == 1 and state.last_error == result.error
         await check_truth(down, fake)
 
 
