@@ -303,12 +303,9 @@ class Engine:
             await self._apply_page(config.name, page, result, sweep, None)
         else:
             # Unchanged file: every held entry counts as seen, so the sweep removes nothing.
-            result.counts.unchanged = await self._touch_all(config.name, sweep)
+            async with self.store.transaction():
+                result.counts.unchanged = await self.store.mark_all_seen(config.name, sweep)
         await self._complete(config, plan, result, sweep, None, source_digest=digest)
-
-    async def _touch_all(self, upstream: str, sweep: int) -> int:
-        async with self.store.transaction():
-            return await self.store.mark_all_seen(upstream, sweep)
 
     async def _apply_page(
         self, upstream: str, page: Page, result: PassResult, sweep: int, cursor: str | None

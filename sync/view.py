@@ -41,7 +41,6 @@ class EntryDecision(NamedTuple):
 class Build:
     rows: list[ServedRow] = field(default_factory=list)
     hits: Counter[str] = field(default_factory=Counter)
-    decisions: dict[str, list[EntryDecision]] = field(default_factory=dict)
     changed: int = 0
 
 
@@ -132,8 +131,6 @@ def build(
     rules: Mapping[str, RuleSet],
     namespace: str,
     existing: Mapping[tuple[str, str], ExistingServed],
-    *,
-    explain: bool = False,
 ) -> Build:
     """Served rows (and tombstones) for every name among `entries`."""
     by_name: dict[str, list[StoredEntry]] = defaultdict(list)
@@ -145,8 +142,6 @@ def build(
     for name, group in by_name.items():
         decisions, hits = decide(group, order, rules)
         result.hits.update(hits)
-        if explain:
-            result.decisions[name] = decisions
         served_keys = set()
         reasons: dict[int, str] = {}
         for d in decisions:

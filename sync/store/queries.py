@@ -11,7 +11,6 @@ from sync.store.records import StoredEntry, UpstreamState
 
 __all__ = [
     "STATE_COLUMNS",
-    "chunks",
     "select_by_names",
     "select_entries",
     "select_states",
@@ -30,7 +29,7 @@ STATE_COLUMNS = (
 _CHUNK = 500
 
 
-def chunks(items: Sequence[str], size: int = _CHUNK) -> Iterable[Sequence[str]]:
+def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterable[Sequence[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -41,7 +40,7 @@ async def select_by_names(
     """Run `sql`, whose `{names}` stands for the name placeholders, over `names` in bounded
     chunks; `params` bind before the names."""
     rows: list[Any] = []
-    for chunk in chunks(sorted(set(names))):
+    for chunk in _chunks(sorted(set(names))):
         marks = ",".join("?" * len(chunk))
         async with db.execute(sql.format(names=marks), (*params, *chunk)) as cursor:
             rows.extend(await cursor.fetchall())

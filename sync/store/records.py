@@ -58,7 +58,6 @@ class ExistingServed(NamedTuple):
 
     entry_id: int
     form: bytes
-    status: str
 
 
 class ServedRow(NamedTuple):

@@ -28,14 +28,11 @@ class ServedWrites:
     ) -> dict[tuple[str, str], ExistingServed]:
         rows = await select_by_names(
             self._db,
-            "SELECT name, version, entry_id, form, status FROM served "
-            "WHERE view = ? AND name IN ({names})",
+            "SELECT name, version, entry_id, form FROM served WHERE view = ? AND name IN ({names})",
             (view,),
             names,
         )
-        return {
-            (n, v): ExistingServed(entry_id, form, status) for n, v, entry_id, form, status in rows
-        }
+        return {(n, v): ExistingServed(entry_id, form) for n, v, entry_id, form in rows}
 
     async def write_served(
         self,
