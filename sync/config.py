@@ -153,6 +153,9 @@ class UpstreamConfig(_Frozen):
     headers: dict[str, SecretStr] = Field(default_factory=dict)
     max_response_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_entry_bytes: int = Field(default=256 * 1024, ge=256)
+    # A listing with more distinct entries than this in one pass is refused as malformed: an
+    # upstream that invents entries forever must not fill the disk (4x the design scale).
+    max_entries: int = Field(default=1_000_000, ge=1)
     follow_redirects: bool = False
     failure_threshold: int = Field(default=3, ge=1)
     circuit_max_delay: Duration = 6 * 3600.0

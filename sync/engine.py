@@ -21,7 +21,13 @@ import structlog
 
 from sync.config import DEFAULT_VIEW, Config, UpstreamConfig
 from sync.curation import Curator
-from sync.errors import PermanentUpstreamError, StoreError, UpstreamError
+from sync.errors import (
+    BadResponse,
+    StoreError,
+    UpstreamError,
+    UpstreamUnavailable,
+)
+from sync.listing import ListingGuard, NameOrder
 from sync.metrics import Metrics
 from sync.passes import PassResult, circuit_delay, report
 from sync.store import PassCounts, Store, UpstreamState, format_stamp, utcnow
@@ -31,6 +37,7 @@ from sync.wire import MalformedPage, Page, parse_page
 __all__ = ["Engine", "PassResult"]
 
 log = structlog.get_logger("sync.engine")
+_BATCH = 500  # pending names decided per transaction at a pass's end
 Clock = Callable[[], datetime]
 Progress = Callable[[str, PassCounts], None]
 
@@ -47,6 +54,8 @@ class _Plan:
     started: str | None
     sweep: int | None
     resumed_from: int | None
+    last_name: str | None = None
+    unordered: bool = False
 
 
 class Engine:
@@ -201,17 +210,21 @@ class Engine:
                 await self._file_pass(config, state, plan, result, sweep, full)
             else:
                 await self._http_pass(config, plan, result, sweep, now)
-        except (UpstreamError, MalformedPage, OSError, StoreError) as exc:
-            result.outcome, result.error = "failed", str(exc)
+        except _Stopped:
+            result.outcome, result.error = "interrupted", "daemon stopping; resumes next start"
+            await self._record_interrupt(result)
+        except Exception as exc:
+            if not isinstance(exc, UpstreamError | MalformedPage | OSError | StoreError):
+                # Whatever an upstream sends must end as a recorded, counted failure, never
+                # as a traceback that leaves the pass 'running'.
+                log.exception("sync.unexpected_error")
+            result.outcome, result.error = "failed", str(exc) or type(exc).__name__
             try:
                 await self._record_failure(
                     config, state, result, upstream_fault=not isinstance(exc, StoreError)
                 )
             except StoreError as again:  # a full disk may refuse the record too
                 log.error("sync.failure_not_recorded", error=str(again))
-        except _Stopped:
-            result.outcome, result.error = "interrupted", "daemon stopping; resumes next start"
-            await self._record_interrupt(result)
         except asyncio.CancelledError:
             result.outcome, result.error = "interrupted", "stopped before the pass completed"
             await asyncio.shield(self._record_interrupt(result))
@@ -234,6 +247,8 @@ class Engine:
                 state.pass_started,
                 state.pass_sweep,
                 state.pass_id,
+                state.pass_last_name,
+                state.pass_unordered,
             )
         due = (
             state.last_full_at is None
@@ -250,28 +265,63 @@ class Engine:
         client = await self._client(config)
         include_deleted = plan.mode == "full"
         cursor, started = plan.cursor, plan.started
-        pending = asyncio.ensure_future(
-            client.fetch_page(cursor, plan.since, include_deleted=include_deleted)
+        guard = ListingGuard(
+            config.page_size, cursor, max_entries=config.max_entries, upstream=config.name
         )
+        order = NameOrder(plan.last_name, plan.unordered)
+        size, narrow = config.page_size, 0
+
+        def fetch(after: str | None) -> asyncio.Future[Fetched]:
+            # Narrowed pages round an unreadable entry retry once: the full page already
+            # used every retry.
+            retries = None if size == config.page_size else min(1, config.retries)
+            return asyncio.ensure_future(
+                client.fetch_page(
+                    after, plan.since, include_deleted=include_deleted, limit=size, retries=retries
+                )
+            )
+
+        pending = fetch(cursor)
         try:
             while True:
-                fetched = await self._unless_stopped(pending)
+                try:
+                    fetched = await self._unless_stopped(pending)
+                except (BadResponse, UpstreamUnavailable) as exc:
+                    if not _isolatable(exc):
+                        raise
+                    if size == 1:
+                        raise type(exc)(
+                            f"{exc}; the entry after cursor {cursor!r} cannot be read even "
+                            "alone (everything before it is mirrored)",
+                            status=exc.status,
+                        ) from None
+                    # Re-read the stretch in smaller pages: the entries round the unreadable
+                    # one are mirrored, and the one that stays unreadable is named.
+                    narrow, size = max(narrow, size), max(1, size // 2)
+                    log.warning("sync.narrowing", cursor=cursor, limit=size, error=str(exc))
+                    pending = fetch(cursor)
+                    continue
                 if started is None:
                     # The upstream's own clock, where it gives one, is what its rows are stamped
                     # with; ours may be skewed. Its Date is truncated to the second: conservative.
                     started = format_stamp(min(fetched.date or now, now))
                     async with self.store.transaction():
                         await self.store.set_pass_started(config.name, started)
-                nxt = fetched.page.next_cursor
-                if nxt is not None and nxt == cursor:
-                    raise PermanentUpstreamError(f"cursor did not advance past {cursor!r}")
+                nxt = guard.follow(fetched)
+                if narrow:
+                    narrow -= fetched.page.size
+                    if narrow <= 0:
+                        narrow, size = 0, config.page_size
                 if nxt is not None and not self._stopping:
                     # Fetch the next page while this one is written: the network and the
                     # disk overlap, and at most two pages are ever held.
-                    pending = asyncio.ensure_future(
-                        client.fetch_page(nxt, plan.since, include_deleted=include_deleted)
-                    )
-                await self._apply_page(config.name, fetched.page, result, sweep, nxt)
+                    pending = fetch(nxt)
+                counts = await self._apply_page(
+                    config.name, fetched.page, result, sweep, nxt, order
+                )
+                guard.counted(fetched.page.size, counts.repeated)
+                if not guard.plausible() and not guard.plausible(await self._held(config.name)):
+                    raise guard.overrun()
                 if nxt is None:
                     break
                 if self._stopping:
@@ -283,6 +333,10 @@ class Engine:
                 with contextlib.suppress(BaseException):
                     await pending
         await self._complete(config, plan, result, sweep, started)
+
+    async def _held(self, upstream: str) -> int:
+        async with self.store.transaction():
+            return await self.store.held_count(upstream)
 
     async def _file_pass(
         self,
@@ -299,8 +353,8 @@ class Engine:
             raise MalformedPage(f"{config.path} is over the {config.max_response_bytes}-byte cap")
         digest = hashlib.sha256(data).hexdigest()
         if digest != state.source_digest or force:
-            page = parse_page(data.decode("utf-8"), max_entry_chars=config.max_entry_bytes)
-            await self._apply_page(config.name, page, result, sweep, None)
+            page = parse_page(data, max_entry_chars=config.max_entry_bytes)
+            await self._apply_page(config.name, page, result, sweep, None, NameOrder())
         else:
             # Unchanged file: every held entry counts as seen, so the sweep removes nothing.
             async with self.store.transaction():
@@ -308,9 +362,16 @@ class Engine:
         await self._complete(config, plan, result, sweep, None, source_digest=digest)
 
     async def _apply_page(
-        self, upstream: str, page: Page, result: PassResult, sweep: int, cursor: str | None
-    ) -> None:
+        self,
+        upstream: str,
+        page: Page,
+        result: PassResult,
+        sweep: int,
+        cursor: str | None,
+        order: NameOrder,
+    ) -> PassCounts:
         now = self._now()
+        boundary = order.boundary([e.name for e in page.entries])
         async with self.store.transaction():
             counts, touched = await self.store.upsert_entries(
                 upstream, page.entries, sweep=sweep, now=now
@@ -321,12 +382,26 @@ class Engine:
                     log.warning("sync.quarantined", key=rejected.key, reason=rejected.reason)
             counts.quarantined = len(page.rejected)
             counts.pages = 1
-            await self.curator.rebuild(touched)
+            # A name is decided once a later name shows that all its versions are stored:
+            # never on part of them (a cap or `isLatest` would act on a fragment).
+            await self.store.add_pending(upstream, touched)
+            if boundary is not None:
+                await self.curator.rebuild(
+                    await self.store.take_pending(upstream, boundary, _BATCH * 4)
+                )
             assert result.pass_id is not None
-            await self.store.record_page(upstream, result.pass_id, cursor, counts)
+            await self.store.record_page(
+                upstream,
+                result.pass_id,
+                cursor,
+                counts,
+                last_name=order.last,
+                unordered=order.unordered,
+            )
         result.counts.add(counts)
         if self._progress is not None:
             self._progress(upstream, result.counts)
+        return counts
 
     async def _complete(
         self,
@@ -338,21 +413,36 @@ class Engine:
         *,
         source_digest: str | None = None,
     ) -> None:
+        while True:  # every name left pending is complete now; decided in bounded batches
+            async with self.store.transaction():
+                names = await self.store.take_pending(config.name, None, _BATCH)
+                await self.curator.rebuild(names)
+            if len(names) < _BATCH:
+                break
         now = self._now()
         begun = datetime.fromisoformat(started or plan.started or now)
         checkpoint = format_stamp(begun - timedelta(seconds=config.overlap))
         async with self.store.transaction():
             if plan.mode == "full":
-                held, seen, removed, names = await self.store.sweep(config.name, sweep, now)
-                if held and seen * 2 < held:
+                # A file is read whole, so one reading is the whole truth; an HTTP listing can
+                # end early without saying so, so two complete ones must agree.
+                agree = 1 if config.path is not None else 2
+                swept = await self.store.sweep(config.name, sweep, now, agree=agree)
+                if swept.held and not swept.counted:
                     log.warning(
                         "sync.sweep_skipped",
-                        held=held,
-                        seen=seen,
+                        held=swept.held,
+                        seen=swept.seen,
                         reason="full pass saw under half of what the mirror holds",
                     )
-                result.counts.removed = removed
-                await self.curator.rebuild(names)
+                elif swept.absent_once:
+                    log.info(
+                        "sync.absent_once",
+                        entries=swept.absent_once,
+                        reason="not listed; withdrawn if the next full pass agrees",
+                    )
+                result.counts.removed = swept.removed
+                await self.curator.rebuild(swept.names)
             assert result.pass_id is not None
             await self.store.record_page(
                 config.name, result.pass_id, None, PassCounts(removed=result.counts.removed)
@@ -400,3 +490,9 @@ class Engine:
             await self.store.close_interrupted(
                 self._now(), result.error or "interrupted", pass_id=result.pass_id
             )
+
+
+def _isolatable(exc: UpstreamError) -> bool:
+    """Failures one entry can cause: a body that cannot be read, or the upstream's own 500
+    while rendering a page. A gateway error or a refused connection is not narrowed."""
+    return isinstance(exc, BadResponse) or exc.status == 500

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "BadResponse",
     "ConfigError",
+    "MalformedListing",
     "PermanentUpstreamError",
     "RateLimited",
     "StoreError",
@@ -59,3 +60,9 @@ class BadResponse(TransientUpstreamError):
 
 class PermanentUpstreamError(UpstreamError):
     """A 4xx other than 429, or a redirect we refuse to follow: retrying will not help."""
+
+
+class MalformedListing(PermanentUpstreamError):
+    """The pages read but do not add up to a listing: a cursor that revisits an earlier one, a
+    cursor that is not a string, a full page without one, more pages than the upstream's size
+    explains. Never read as "the end of the list"; the pass fails and the checkpoint stays."""

@@ -31,7 +31,7 @@ from sync.errors import (
     UpstreamUnavailable,
 )
 from sync.metrics import Metrics
-from sync.wire import MalformedPage, Page, parse_page
+from sync.wire import MalformedPage, Page, parse_page, salvage_page
 
 __all__ = ["Fetched", "UpstreamClient", "parse_retry_after"]
 
@@ -39,12 +39,25 @@ Sleep = Callable[[float], Awaitable[None]]
 _MAX_REDIRECTS = 5
 _RETRY_AFTER_CAP = 600.0
 _PENALTY_CAP = 60.0
+_ENDS = 64 * 1024  # bytes kept from each end of a single entry too large to read
+_SALVAGE_FACTOR = 16  # past this many times the cap, even one entry is not read to its end
 
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
     page: Page
     date: datetime | None
+    limit: int
+
+    @property
+    def full(self) -> bool:
+        """The upstream filled the page: by its own rule more may follow."""
+        return self.page.size >= self.limit
+
+
+def origin(url: URL) -> tuple[str, str | None, int | None]:
+    """Scheme, host and port: what credentials are bound to (RFC 6454)."""
+    return (url.scheme, url.host, url.port)
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -62,6 +75,11 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         when = when.replace(tzinfo=UTC)
     delta = (when - (now or datetime.now(UTC))).total_seconds()
     return min(max(delta, 0.0), _RETRY_AFTER_CAP)
+
+
+def origin_text(value: tuple[str, str | None, int | None]) -> str:
+    scheme, host, port = value
+    return f"{scheme}://{host}:{port}"
 
 
 def _date(value: str | None) -> datetime | None:
@@ -93,6 +111,10 @@ class UpstreamClient:
             raise ValueError(f"upstream {config.name} has no url")
         self.config = config
         self._base = URL(config.url)
+        self._origin = origin(self._base)
+        # Credentials go only to the configured origin, so they are sent per request, never
+        # set on the session (which would send them wherever a redirect points).
+        self._secrets = {k: v.get_secret_value() for k, v in config.headers.items()}
         self._metrics = metrics
         self._sleep = sleep
         self._backoff = backoff
@@ -101,10 +123,8 @@ class UpstreamClient:
         self.penalty = 0.0
 
     async def __aenter__(self) -> Self:
-        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
-        headers.update({k: v.get_secret_value() for k, v in self.config.headers.items()})
         self._session = aiohttp.ClientSession(
-            headers=headers,
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
             timeout=aiohttp.ClientTimeout(total=self.config.timeout),
             auto_decompress=True,
         )
@@ -120,8 +140,15 @@ class UpstreamClient:
             await self._session.close()
             self._session = None
 
-    def list_url(self, cursor: str | None, since: str | None, *, include_deleted: bool) -> URL:
-        query = {"limit": str(self.config.page_size)}
+    def list_url(
+        self,
+        cursor: str | None,
+        since: str | None,
+        *,
+        include_deleted: bool,
+        limit: int | None = None,
+    ) -> URL:
+        query = {"limit": str(limit or self.config.page_size)}
         if cursor:
             query["cursor"] = cursor
         if since:
@@ -131,10 +158,17 @@ class UpstreamClient:
         return (self._base / "v0.1" / "servers").with_query(query)
 
     async def fetch_page(
-        self, cursor: str | None, since: str | None, *, include_deleted: bool
+        self,
+        cursor: str | None,
+        since: str | None,
+        *,
+        include_deleted: bool,
+        limit: int | None = None,
+        retries: int | None = None,
     ) -> Fetched:
         """One list page, retried on transient faults with backoff, jitter and Retry-After."""
-        url = self.list_url(cursor, since, include_deleted=include_deleted)
+        limit = limit or self.config.page_size
+        url = self.list_url(cursor, since, include_deleted=include_deleted, limit=limit)
         initial, maximum = self._backoff
         exponential = wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)
 
@@ -144,7 +178,7 @@ class UpstreamClient:
             return float(advised) if advised is not None else exponential(state)
 
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.config.retries + 1),
+            stop=stop_after_attempt((self.config.retries if retries is None else retries) + 1),
             retry=retry_if_exception_type(TransientUpstreamError),
             wait=wait,
             sleep=self._sleep,
@@ -152,7 +186,7 @@ class UpstreamClient:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._get(url)
+                return await self._get(url, limit)
         raise AssertionError("unreachable: tenacity reraises the last error")
 
     async def _pace(self) -> None:
@@ -162,7 +196,7 @@ class UpstreamClient:
             await self._sleep(wait)
         self._last_request = time.monotonic()
 
-    async def _get(self, url: URL) -> Fetched:
+    async def _get(self, url: URL, page_limit: int) -> Fetched:
         if self._session is None:
             raise RuntimeError("UpstreamClient used outside 'async with'")
         await self._pace()
@@ -170,12 +204,15 @@ class UpstreamClient:
         code = "error"
         try:
             for _ in range(_MAX_REDIRECTS + 1):
-                async with self._session.get(url, allow_redirects=False) as response:
+                secrets = self._secrets if origin(url) == self._origin else None
+                async with self._session.get(
+                    url, allow_redirects=False, headers=secrets
+                ) as response:
                     code = str(response.status)
                     if response.status in (301, 302, 303, 307, 308):
                         url = self._redirect(url, response.headers.get("Location"))
                         continue
-                    return await self._read(response)
+                    return await self._read(response, page_limit)
             raise PermanentUpstreamError(f"more than {_MAX_REDIRECTS} redirects from {url}")
         except (aiohttp.ClientError, TimeoutError) as exc:
             reason = type(exc).__name__ if isinstance(exc, TimeoutError) else str(exc)
@@ -191,15 +228,37 @@ class UpstreamClient:
     def _redirect(self, url: URL, location: str | None) -> URL:
         if not location:
             raise PermanentUpstreamError(f"redirect without Location from {url}")
-        target = url.join(URL(location))
-        if target.host != url.host and not self.config.follow_redirects:
+        try:
+            target = url.join(URL(location))
+        except ValueError:
+            raise PermanentUpstreamError(f"redirect to an invalid Location from {url}") from None
+        if target.scheme not in ("http", "https") or not target.host:
+            raise PermanentUpstreamError(f"refusing redirect from {url} to {target.scheme}:")
+        if origin(target) != self._origin and not self.config.follow_redirects:
+            # Another port or scheme is another origin too (RFC 6454): https -> http would
+            # also drop TLS.
             raise PermanentUpstreamError(
-                f"refusing redirect from {url.host} to another host ({target.host}); "
-                "set follow_redirects = true for this upstream to allow it"
+                f"refusing redirect from {origin_text(self._origin)} to another origin "
+                f"({origin_text(origin(target))}); set follow_redirects = true for this upstream "
+                "to allow it (its headers are never sent there)"
             )
         return target
 
-    async def _read(self, response: aiohttp.ClientResponse) -> Fetched:
+    async def _salvage(self, response: aiohttp.ClientResponse, head: bytes, size: int) -> Fetched:
+        cap = self.config.max_response_bytes
+        tail = head[-_ENDS:]
+        async for chunk in response.content.iter_chunked(65536):
+            size += len(chunk)
+            if size > cap * _SALVAGE_FACTOR:
+                raise BadResponse(f"{self.config.name}: a single entry of over {size} bytes")
+            tail = (tail + chunk)[-_ENDS:]
+        try:
+            page = salvage_page(head[:_ENDS], tail, size, cap)
+        except MalformedPage as exc:
+            raise BadResponse(f"{self.config.name}: unreadable response: {exc}") from None
+        return Fetched(page, _date(response.headers.get("Date")), 1)
+
+    async def _read(self, response: aiohttp.ClientResponse, page_limit: int) -> Fetched:
         name = self.config.name
         if response.status == 429:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
@@ -212,7 +271,10 @@ class UpstreamClient:
                 f"{name}: HTTP {response.status} for {response.url.path}", status=response.status
             )
         limit = self.config.max_response_bytes
-        if response.content_length is not None and response.content_length > limit:
+        # A page of one entry is read to its end even over the cap (keeping only its two
+        # ends): that is how a single oversized entry is named and stepped over.
+        alone = page_limit == 1
+        if response.content_length is not None and response.content_length > limit and not alone:
             raise BadResponse(
                 f"{name}: response of {response.content_length} bytes is over the {limit}-byte cap"
             )
@@ -220,13 +282,16 @@ class UpstreamClient:
         size = 0
         async for chunk in response.content.iter_chunked(65536):
             size += len(chunk)
-            if size > limit:
-                raise BadResponse(f"{name}: response over the {limit}-byte cap")
             chunks.append(chunk)
+            if size > limit:
+                if not alone:
+                    raise BadResponse(
+                        f"{name}: response of {size} bytes is over the {limit}-byte cap"
+                    )
+                return await self._salvage(response, b"".join(chunks), size)
         try:
-            body = b"".join(chunks).decode("utf-8")
-            page = parse_page(body, max_entry_chars=self.config.max_entry_bytes)
-        except (UnicodeDecodeError, MalformedPage) as exc:
+            page = parse_page(b"".join(chunks), max_entry_chars=self.config.max_entry_bytes)
+        except MalformedPage as exc:
             raise BadResponse(f"{name}: unreadable response: {exc}") from None
         self.penalty = self.penalty / 2 if self.penalty > 0.05 else 0.0
-        return Fetched(page, _date(response.headers.get("Date")))
+        return Fetched(page, _date(response.headers.get("Date")), page_limit)

@@ -26,6 +26,7 @@ __all__ = [
     "Page",
     "Rejected",
     "parse_page",
+    "salvage_page",
 ]
 
 OFFICIAL = "io.modelcontextprotocol.registry/official"
@@ -37,6 +38,14 @@ _DECODER = json.JSONDecoder()
 
 class MalformedPage(ValueError):
     """The body is not a registry page at all (HTML, truncated, wrong shape)."""
+
+
+# A cursor longer than this cannot be an honest position in a listing; it would also make the
+# next request's URL longer than servers accept.
+MAX_CURSOR_CHARS = 4096
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# Strings and brackets only: enough to find where a value ends without decoding it.
+_STRUCTURE = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{},]', re.DOTALL)
 
 
 class Entry(NamedTuple):
@@ -69,6 +78,16 @@ class Page:
     entries: list[Entry] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     next_cursor: str | None = None
+    # Set when `nextCursor` is there but unusable (a number, an object, invalid text): the
+    # listing is malformed, which is never the same as "the end of the list".
+    cursor_error: str | None = None
+    # `nextCursor` given explicitly as null or "": the end, unless the page is full.
+    cursor_null: bool = False
+
+    @property
+    def size(self) -> int:
+        """Items the upstream sent, readable or not: what its `limit` counts."""
+        return len(self.entries) + len(self.rejected)
 
 
 def _skip(text: str, i: int) -> int:
@@ -116,13 +135,23 @@ def _members(text: str, i: int) -> tuple[_Members, int]:
         i = nxt
 
 
-def parse_page(body: str, *, max_entry_chars: int = 1 << 20) -> Page:
+def decode_body(body: bytes) -> str:
+    """UTF-8 text of a body; invalid bytes survive as lone surrogates (surrogateescape), so
+    the entries that hold them can be rejected one by one instead of losing the page."""
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return body.decode("utf-8", errors="surrogateescape")
+
+
+def parse_page(body: str | bytes, *, max_entry_chars: int = 1 << 20) -> Page:
     """Split a page body into entries, rejected entries and the next cursor.
 
     Raises MalformedPage when the body as a whole is unreadable, which callers treat as a
-    transient upstream fault; a single bad entry is only rejected.
+    transient upstream fault; a single bad entry is only rejected, whatever it holds.
     """
-    text = body.removeprefix("\ufeff")
+    text = decode_body(body) if isinstance(body, bytes) else body
+    text = text.removeprefix("\ufeff")
     i = _skip(text, 0)
     page = Page()
     try:
@@ -132,8 +161,10 @@ def parse_page(body: str, *, max_entry_chars: int = 1 << 20) -> Page:
             end = _envelope(text, i, page, max_entry_chars)
         else:
             raise MalformedPage("response is not JSON (expected an object or a list)")
-    except (json.JSONDecodeError, RecursionError, IndexError) as exc:
-        raise MalformedPage(f"invalid JSON: {exc}") from None
+    except MalformedPage:
+        raise
+    except (ValueError, RecursionError, IndexError) as exc:
+        raise MalformedPage(f"invalid JSON: {_brief(exc)}") from None
     if _skip(text, end) != len(text):
         raise MalformedPage("trailing data after the JSON document")
     return page
@@ -151,8 +182,10 @@ def _envelope(text: str, i: int, page: Page, max_chars: int) -> int:
         else:
             value, end = _DECODER.raw_decode(text, start)
             if key == "metadata" and isinstance(value, dict):
-                cursor = value.get("nextCursor", value.get("next_cursor"))
-                page.next_cursor = cursor if isinstance(cursor, str) and cursor else None
+                for name in ("nextCursor", "next_cursor"):
+                    if name in value:
+                        _cursor(page, value[name])
+                        break
         nxt = _next(text, end, "}")
         if nxt is None:
             i = _skip(text, end)
@@ -169,12 +202,24 @@ def _collect(text: str, i: int, page: Page, max_chars: int) -> int:
     if text.startswith("]", i):
         return i + 1
     while True:
-        if text.startswith("{", i):
-            members, end = _members(text, i)
-            outcome = _entry(text, members, i, end, max_chars)
-        else:
-            _, end = _DECODER.raw_decode(text, i)
-            outcome = _reject("entry is not a JSON object", text[i:end])
+        try:
+            if text.startswith("{", i):
+                members, end = _members(text, i)
+                outcome = _entry(text, members, i, end, max_chars)
+            else:
+                _, end = _DECODER.raw_decode(text, i)
+                outcome = _reject("entry is not a JSON object", text[i:end])
+        except (ValueError, RecursionError) as exc:
+            # Whatever one entry holds (thousands of digits, nesting past the decoder's depth,
+            # control characters, a key that is not a string), step over it by its brackets
+            # and keep the rest of the page; only a body whose brackets do not close is lost.
+            end = _value_end(text, i)
+            reason = (
+                "nested deeper than the decoder allows"
+                if isinstance(exc, RecursionError)
+                else f"unreadable JSON: {_brief(exc)}"
+            )
+            outcome = _reject(reason, text[i:end].rstrip())
         if isinstance(outcome, Entry):
             page.entries.append(outcome)
         else:
@@ -185,18 +230,82 @@ def _collect(text: str, i: int, page: Page, max_chars: int) -> int:
         i = nxt
 
 
+def _value_end(text: str, i: int) -> int:
+    """Where the JSON value at text[i] ends, found by its brackets alone: no recursion and no
+    number conversion, so it steps over anything the decoder refused."""
+    depth = 0
+    for match in _STRUCTURE.finditer(text, i):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+        elif token in "]}":
+            if depth == 0:
+                return match.start()
+            depth -= 1
+            if depth == 0:
+                return match.end()
+        elif token == "," and depth == 0:
+            return match.start()
+    raise MalformedPage(f"unterminated value at offset {i}")
+
+
+def _brief(exc: BaseException) -> str:
+    return str(exc)[:200]
+
+
+def _cursor(page: Page, value: object) -> None:
+    if value is None or value == "":
+        page.cursor_null = True
+    elif not isinstance(value, str):
+        page.cursor_error = (
+            f"nextCursor is a JSON {_JSON_TYPES.get(type(value), 'value')}, not a string"
+        )
+    elif len(value) > MAX_CURSOR_CHARS:
+        page.cursor_error = f"nextCursor is {len(value)} characters long"
+    elif _SURROGATE.search(value) or any(ord(c) < 0x20 for c in value):
+        page.cursor_error = "nextCursor is not valid text (control characters or invalid UTF-8)"
+    else:
+        page.next_cursor = value
+
+
+_JSON_TYPES = {dict: "object", list: "array", int: "number", float: "number", bool: "boolean"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    # surrogateescape puts an invalid byte b at U+DC00 + b; any other surrogate came as \\uXXXX.
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+def _safe(raw: str) -> str:
+    """Lone surrogates cannot be stored or shown: write them as escapes."""
+    return raw if raw.isascii() else _SURROGATE.sub(_escape, raw)
+
+
 def _reject(reason: str, raw: str, name: object = None, version: object = None) -> Rejected:
+    raw = _safe(raw)
     if isinstance(name, str) and isinstance(version, str):
-        key = f"{name}@{version}"
+        key = _safe(f"{name}@{version}")
     else:
         key = "sha256:" + hashlib.sha256(raw.encode()).hexdigest()[:24]
     return Rejected(key=key[:600], reason=reason, raw=raw[:4096])
+
+
+def _text(value: str | None) -> str | None:
+    """A copy for indexes and served `_meta`: a lone surrogate (a `\\ud800` escape) cannot be
+    encoded, so it becomes U+FFFD there; the stored raw JSON keeps the escape as sent."""
+    if value is None or value.isascii():
+        return value
+    return _SURROGATE.sub("\ufffd", value)
 
 
 def _entry(text: str, spans: _Members, start: int, end: int, max_chars: int) -> Entry | Rejected:
     raw = text[start:end]
     if end - start > max_chars:
         return _reject(f"entry is {end - start} characters, over the {max_chars} cap", raw)
+    if not raw.isascii() and _SURROGATE.search(raw):
+        # Only invalid UTF-8 in the body puts a surrogate in the raw text itself.
+        return _reject("entry is not valid UTF-8", raw)
     if "server" in spans:
         server, s, e = spans["server"]
         server_raw = text[s:e]
@@ -216,6 +325,8 @@ def _entry(text: str, spans: _Members, start: int, end: int, max_chars: int) -> 
         return _reject(reason, raw, name, version)
     if len(version) > 255:
         return _reject("version is longer than 255 characters", raw, name, version)
+    if _text(version) != version:
+        return _reject("version is not valid Unicode (a lone surrogate)", raw, name, version)
     if meta is not None and not isinstance(meta, dict):
         return _reject("'_meta' is not a JSON object", raw, name, version)
     description = server.get("description", "")
@@ -234,11 +345,11 @@ def _entry(text: str, spans: _Members, start: int, end: int, max_chars: int) -> 
         server_raw,
         meta_raw,
         status,
-        message,
+        _text(message),
         changed,
         published,
         updated,
-        description,
+        _text(description) or "",
         digest,
     )
 
@@ -277,3 +388,32 @@ def _is_timestamp(value: str) -> bool:
         return datetime.fromisoformat(value).tzinfo is not None
     except ValueError:
         return False
+
+
+_ENDS = 64 * 1024
+_NAME = re.compile(r'"name"\s*:\s*"((?:[^"\\]|\\.){1,200})"')
+_VERSION = re.compile(r'"version"\s*:\s*"((?:[^"\\]|\\.){1,255})"')
+_TAIL_CURSOR = re.compile(r'"(?:nextCursor|next_cursor)"\s*:\s*("(?:[^"\\]|\\.)*"|null)')
+
+
+def salvage_page(head: bytes, tail: bytes, size: int, cap: int) -> Page:
+    """A one-entry page too large to read: the entry is rejected, named from the head of
+    the body where it can be, and the listing goes on from the cursor in its tail. Only the
+    two ends are ever held, so an entry of any size costs a bounded amount of memory."""
+    start, end = decode_body(head), decode_body(tail)
+    name, version = _NAME.search(start), None
+    if name is not None:
+        version = _VERSION.search(start, name.end())
+    cursor = _TAIL_CURSOR.search(end)
+    if cursor is None:
+        raise MalformedPage(f"a {size}-byte single-entry page whose end holds no nextCursor")
+    page = Page()
+    _cursor(page, json.loads(cursor.group(1)))
+    label = name.group(1) if name else None
+    found = version.group(1) if version else None
+    if found is None and label and page.next_cursor and page.next_cursor.startswith(label + ":"):
+        # The official cursor of a one-entry page is that entry's own "name:version".
+        found = page.next_cursor[len(label) + 1 :]
+    reason = f"entry alone is a {size}-byte page, over the {cap}-byte response cap"
+    page.rejected.append(_reject(reason, start[:4096], label, found))
+    return page

@@ -191,12 +191,17 @@ class TestReconcile:
     async def test_versions_gone_upstream_are_withdrawn(
         self, engine: Engine, reader: Reader, fake: FakeRegistry
     ) -> None:
-        """A full reconcile marks what vanished; the served row becomes a deleted tombstone,
-        so downstream mirrors pulling with updated_since learn about it."""
+        """Two complete full listings that agree withdraw what vanished; the served row then
+        becomes a deleted tombstone, so downstream mirrors pulling with updated_since learn
+        about it. After the first listing alone nothing a client sees changes."""
         await engine.run("official")
+        before = await served(reader)
         gone = sorted(fake.rows)[::10]
         for key in gone:
             del fake.rows[key]
+        first = await engine.run("official", full=True)
+        assert first.counts.removed == 0
+        assert await served(reader) == before
         result = await engine.run("official", full=True)
         assert result.counts.removed == len(gone)
         mirror = await served(reader)

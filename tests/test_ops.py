@@ -177,14 +177,16 @@ class TestReadiness:
             assert fresh.status == 200, await fresh.text()
 
             clock.now += timedelta(minutes=31)  # default max_staleness: 3 x interval
-            fake.fail(500, times=4)  # every attempt of one pass (retries = 3)
+            # An outage: every attempt of one pass (retries = 3). A 503 is never narrowed
+            # into smaller pages (a 500 may be one entry the upstream cannot render).
+            fake.fail(503, times=4)
             assert (await engine.run("official")).outcome == "failed"
             stale = await client.get("/readyz")
             body = await stale.json()
             assert stale.status == 503
             [upstream] = body["upstreams"]
             assert upstream["status"] == "stale" and upstream["stale_since"]
-            assert upstream["failing_since"] and "500" in upstream["last_error"]
+            assert upstream["failing_since"] and "503" in upstream["last_error"]
 
             assert (await engine.run("official", full=True)).outcome == "ok"
             assert (await client.get("/readyz")).status == 200

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import aiosqlite
 
 from sync.store.queries import select_states
@@ -58,8 +60,20 @@ class PassWrites:
         assert pass_id is not None
         await self._db.execute(
             "UPDATE upstreams SET pass_id = ?, pass_mode = ?, pass_started = ?, pass_since = ?, "
-            "pass_cursor = ?, pass_sweep = ? WHERE name = ?",
-            (pass_id, mode, started, since, cursor, sweep if sweep else pass_id, upstream),
+            "pass_cursor = ?, pass_sweep = ?, "
+            "pass_last_name = CASE WHEN ? THEN pass_last_name END, "
+            "pass_unordered = CASE WHEN ? THEN pass_unordered ELSE 0 END WHERE name = ?",
+            (
+                pass_id,
+                mode,
+                started,
+                since,
+                cursor,
+                sweep if sweep else pass_id,
+                resumed_from is not None,
+                resumed_from is not None,
+                upstream,
+            ),
         )
         return pass_id
 
@@ -69,11 +83,21 @@ class PassWrites:
         )
 
     async def record_page(
-        self, upstream: str, pass_id: int, cursor: str | None, counts: PassCounts
+        self,
+        upstream: str,
+        pass_id: int,
+        cursor: str | None,
+        counts: PassCounts,
+        *,
+        last_name: str | None = None,
+        unordered: bool = False,
     ) -> None:
-        """Checkpoint the cursor in the same transaction as the page it follows."""
+        """Checkpoint the cursor in the same transaction as the page it follows, with the
+        listing order seen so far."""
         await self._db.execute(
-            "UPDATE upstreams SET pass_cursor = ? WHERE name = ?", (cursor, upstream)
+            "UPDATE upstreams SET pass_cursor = ?, "
+            "pass_last_name = coalesce(?, pass_last_name), pass_unordered = ? WHERE name = ?",
+            (cursor, last_name, unordered, upstream),
         )
         await self._db.execute(
             "UPDATE passes SET pages = pages + ?, inserted = inserted + ?, updated = updated + ?, "
@@ -89,6 +113,31 @@ class PassWrites:
                 pass_id,
             ),
         )
+
+    async def add_pending(self, upstream: str, names: Iterable[str]) -> None:
+        """Names whose stored versions changed and whose served form is not decided yet."""
+        await self._db.executemany(
+            "INSERT OR IGNORE INTO pass_pending (upstream, name) VALUES (?, ?)",
+            [(upstream, name) for name in names],
+        )
+
+    async def take_pending(self, upstream: str, before: str | None, limit: int) -> list[str]:
+        """Remove and return pending names sorting before `before` (every one with None):
+        the names a listing in name order can no longer add versions to."""
+        bound, params = (
+            ("AND name < ? ", (upstream, before, limit)) if before else ("", (upstream, limit))
+        )
+        async with self._db.execute(
+            f"SELECT name FROM pass_pending WHERE upstream = ? {bound}ORDER BY name LIMIT ?",
+            params,
+        ) as cursor:
+            names = [row[0] for row in await cursor.fetchall()]
+        if names:
+            await self._db.executemany(
+                "DELETE FROM pass_pending WHERE upstream = ? AND name = ?",
+                [(upstream, name) for name in names],
+            )
+        return names
 
     async def finish_pass(
         self,
@@ -109,7 +158,7 @@ class PassWrites:
             "last_full_at = CASE WHEN ? THEN pass_started ELSE last_full_at END, "
             "failures = 0, circuit_until = NULL, failing_since = NULL, "
             "pass_id = NULL, pass_mode = NULL, pass_started = NULL, pass_since = NULL, "
-            "pass_cursor = NULL, pass_sweep = NULL, "
+            "pass_cursor = NULL, pass_sweep = NULL, pass_last_name = NULL, pass_unordered = 0, "
             "source_digest = coalesce(?, source_digest) WHERE name = ?",
             (checkpoint, now, full, source_digest, upstream),
         )

@@ -23,7 +23,7 @@ ENTRY_COLUMNS = (
 STATE_COLUMNS = (
     "name, checkpoint, last_full_at, last_success_at, last_error, last_error_at, failures, "
     "circuit_until, pass_id, pass_mode, pass_started, pass_since, pass_cursor, pass_sweep, "
-    "source_digest, failing_since"
+    "source_digest, failing_since, pass_last_name, pass_unordered"
 )
 # SQLite allows 32766 bound parameters; stay far below it per statement.
 _CHUNK = 500

@@ -13,6 +13,7 @@ __all__ = [
     "QuarantineRecord",
     "ServedRow",
     "StoredEntry",
+    "Sweep",
     "UpstreamState",
     "format_stamp",
     "utcnow",
@@ -83,6 +84,9 @@ class PassCounts:
     unchanged: int = 0
     removed: int = 0
     quarantined: int = 0
+    # Entries this pass had already seen (in memory only): how a listing that goes round in
+    # circles with fresh cursors is told from a long one.
+    repeated: int = 0
 
     def add(self, other: PassCounts) -> None:
         for name in self.__slots__:
@@ -90,6 +94,17 @@ class PassCounts:
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}
+
+
+class Sweep(NamedTuple):
+    """What the reconcile after a full listing found."""
+
+    held: int
+    seen: int
+    counted: bool  # False: the listing saw under half of what is held, and decided nothing
+    removed: int = 0
+    absent_once: int = 0  # missed by this listing, kept until the next one agrees
+    names: frozenset[str] | set[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +127,8 @@ class UpstreamState:
     pass_sweep: int | None = None
     source_digest: str | None = None
     failing_since: str | None = None
+    pass_last_name: str | None = None
+    pass_unordered: bool = False
 
 
 @dataclass(frozen=True, slots=True)

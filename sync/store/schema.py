@@ -154,6 +154,22 @@ MIGRATIONS: Sequence[tuple[str, str]] = (
         INSERT INTO served_search (served_search, rank) VALUES ('automerge', 16);
         """,
     ),
+    (
+        # Removal by absence needs two complete full passes that agree (`missed`); a name is
+        # evaluated only once all of its versions in a pass are stored (`pass_pending`, and
+        # the listing order seen so far, kept with each page so a resumed pass knows it).
+        "0004_entries_missed",
+        """
+        ALTER TABLE entries ADD COLUMN missed INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE upstreams ADD COLUMN pass_last_name TEXT;
+        ALTER TABLE upstreams ADD COLUMN pass_unordered INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE pass_pending (
+            upstream TEXT NOT NULL,
+            name TEXT NOT NULL,
+            PRIMARY KEY (upstream, name)
+        ) WITHOUT ROWID;
+        """,
+    ),
 )
 
 

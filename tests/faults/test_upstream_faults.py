@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -151,10 +152,31 @@ class TestBadContent:
         del fake.rows[big]
         await check_truth(engine, fake)
 
-    async def test_oversized_response_is_refused(self, engines: Any, fake: FakeRegistry) -> None:
-        engine = await engines(max_response_bytes=4096, retries=1)
+    async def test_oversized_response_is_never_read_whole(
+        self, engines: Any, fake: FakeRegistry
+    ) -> None:
+        """A page over max_response_bytes is refused, then re-read in smaller pages; only
+        an entry whose own one-entry page is over the cap is quarantined (named from the
+        ends of its body), and the listing goes on past it."""
+        engine = await engines(max_response_bytes=50_000, page_size=20, retries=1)
         result = await engine.run("official")
-        assert result.outcome == "failed" and "4096-byte cap" in (result.error or "")
+        assert result.outcome == "ok", result.error
+
+        def alone(key: tuple[str, str]) -> int:
+            meta = json.dumps({"count": 1, "nextCursor": ":".join(key)})
+            return len(f'{{"servers":[{fake.rows[key].item_text()}],"metadata":{meta}}}'.encode())
+
+        too_big = {k for k in fake.rows if alone(k) > 50_000}
+        assert len(too_big) == 1  # the largest entry of the real catalogue (58.6 kB)
+        reader = await Reader.open(engine.store.path)
+        try:
+            quarantined = {q.key for q in await reader.quarantine("official")}
+        finally:
+            await reader.close()
+        assert quarantined == {f"{n}@{v}" for n, v in too_big}
+        for key in too_big:
+            del fake.rows[key]
+        await check_truth(engine, fake)
 
     async def test_duplicates_across_pages(self, engines: Any, fake: FakeRegistry) -> None:
         engine = await engines()
