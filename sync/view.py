@@ -113,7 +113,8 @@ def decide(
     if owner is not None:
         for rule, cap in rules[owner].latest_versions:
             newest = sorted(kept, key=lambda s: version_key(s.version, s.published_at))[-cap:]
-            for dropped in [s for s in kept if s not in newest]:
+            keep = {id(s) for s in newest}  # by identity: a name may have 10,000 versions
+            for dropped in [s for s in kept if id(s) not in keep]:
                 hits[rule] += 1
                 reason = f"not among the {cap} newest versions"
                 decisions.append(EntryDecision(dropped.entry, dropped.outcome, False, reason))
@@ -138,6 +139,9 @@ def build(
     for entry in entries:
         by_name[entry.name].append(entry)
         by_id[entry.id] = entry
+    before_by_name: dict[str, list[tuple[str, ExistingServed]]] = defaultdict(list)
+    for (row_name, version), before in existing.items():
+        before_by_name[row_name].append((version, before))
     result = Build()
     for name, group in by_name.items():
         decisions, hits = decide(group, order, rules)
@@ -150,8 +154,8 @@ def build(
                 result.rows.append(_row(d.entry, d.outcome, d.is_latest, namespace))
             else:
                 reasons[d.entry.id] = d.reason
-        for (row_name, version), before in existing.items():
-            if row_name != name or version in served_keys:
+        for version, before in before_by_name[name]:
+            if version in served_keys:
                 continue
             withdrawn = by_id.get(before.entry_id)
             if withdrawn is None:
