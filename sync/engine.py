@@ -1,61 +1,37 @@
-"""One sync pass: plan → fetch a page → store raw → rebuild the served view → checkpoint.
+"""Sync passes: when one runs, what it plans (full, incremental, or the resumption of one
+left unfinished), and how it ended: the circuit breaker, failure and interruption records.
 
-Every page commits in one transaction together with its cursor, so a pass killed at any point
-resumes from the last committed page with its original start time. The checkpoint (the next
-`updated_since`) moves only when a pass completes, to the pass's start by the upstream's own
-clock minus an overlap: pages are ordered by name, not time, and rows commit late upstream.
+The checkpoint (the next `updated_since`) moves only when a pass completes, to the pass's
+start by the upstream's own clock minus an overlap: pages are ordered by name, not time, and
+rows commit late upstream. `sync/paging.py` does a pass's reading and writing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import structlog
 
 from sync.config import DEFAULT_VIEW, Config, UpstreamConfig
 from sync.curation import Curator
 from sync.errors import (
-    BadResponse,
     StoreError,
     UpstreamError,
-    UpstreamUnavailable,
 )
-from sync.listing import ListingGuard, NameOrder
 from sync.metrics import Metrics
+from sync.paging import Pager, Plan, Progress, Stop, Stopped
 from sync.passes import PassResult, circuit_delay, report
-from sync.store import PassCounts, Store, UpstreamState, format_stamp, utcnow
-from sync.upstream import Fetched, Sleep, UpstreamClient
-from sync.wire import MalformedPage, Page, parse_page
+from sync.store import Store, UpstreamState, format_stamp, utcnow
+from sync.upstream import Sleep, UpstreamClient
+from sync.wire import MalformedPage
 
 __all__ = ["Engine", "PassResult"]
 
 log = structlog.get_logger("sync.engine")
-_BATCH = 500  # pending names decided per transaction at a pass's end
 Clock = Callable[[], datetime]
-Progress = Callable[[str, PassCounts], None]
-
-
-class _Stopped(Exception):
-    """The daemon is stopping: the pass ends after a committed page and resumes later."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    mode: str
-    since: str | None
-    cursor: str | None
-    started: str | None
-    sweep: int | None
-    resumed_from: int | None
-    last_name: str | None = None
-    unordered: bool = False
 
 
 class Engine:
@@ -85,8 +61,7 @@ class Engine:
         self.curator = Curator(config, store, metrics, view=view)
         self._locks = {u.name: asyncio.Lock() for u in config.upstreams}
         self._clients: dict[str, UpstreamClient] = {}
-        self._stopping = False
-        self._stopped = asyncio.Event()
+        self._stop = Stop()
 
     async def _client(self, config: UpstreamConfig) -> UpstreamClient:
         """One client per upstream for the engine's life, so politeness spans passes."""
@@ -116,19 +91,7 @@ class Engine:
     def stop(self) -> None:
         """Ask running passes to end after the page they are on; nothing new starts. A pass
         waiting on the network (or backing off before a retry) stops waiting at once."""
-        self._stopping = True
-        self._stopped.set()
-
-    async def _unless_stopped(self, fetch: asyncio.Future[Fetched]) -> Fetched:
-        stopper: asyncio.Future[Any] = asyncio.ensure_future(self._stopped.wait())
-        waiting: set[asyncio.Future[Any]] = {fetch, stopper}
-        try:
-            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopper.cancel()
-        if fetch not in done:
-            raise _Stopped
-        return fetch.result()
+        self._stop.request()
 
     async def idle(self) -> None:
         """Wait until no pass is running."""
@@ -144,7 +107,7 @@ class Engine:
         first run after the open period is the probe that closes it on success)."""
         config = self.config.upstream(upstream)
         lock = self._locks[upstream]
-        if self._stopping:
+        if self._stop.requested:
             return PassResult(
                 upstream,
                 "full" if full else "incremental",
@@ -205,12 +168,23 @@ class Engine:
             "sync.started", since=plan.since, resumed_from=plan.resumed_from, cursor=plan.cursor
         )
         sweep = plan.sweep or result.pass_id
+        pager = Pager(
+            config,
+            self.store,
+            self.curator,
+            plan,
+            result,
+            sweep=sweep,
+            now=self._now,
+            stop=self._stop,
+            progress=self._progress,
+        )
         try:
             if config.path is not None:
-                await self._file_pass(config, state, plan, result, sweep, full)
+                await pager.file(state, full)
             else:
-                await self._http_pass(config, plan, result, sweep, now)
-        except _Stopped:
+                await pager.http(await self._client(config), now)
+        except Stopped:
             result.outcome, result.error = "interrupted", "daemon stopping; resumes next start"
             await self._record_interrupt(result)
         except Exception as exc:
@@ -234,13 +208,13 @@ class Engine:
             report(result, self.metrics)
         return result
 
-    def _plan(self, config: UpstreamConfig, state: UpstreamState, *, force_full: bool) -> _Plan:
+    def _plan(self, config: UpstreamConfig, state: UpstreamState, *, force_full: bool) -> Plan:
         if (
             state.pass_id is not None
             and state.pass_mode
             and not (force_full and state.pass_mode != "full")
         ):
-            return _Plan(
+            return Plan(
                 state.pass_mode,
                 state.pass_since,
                 state.pass_cursor,
@@ -256,208 +230,8 @@ class Engine:
             >= config.full_every
         )
         if force_full or state.checkpoint is None or due or config.path is not None:
-            return _Plan("full", None, None, None, None, None)
-        return _Plan("incremental", state.checkpoint, None, None, None, None)
-
-    async def _http_pass(
-        self, config: UpstreamConfig, plan: _Plan, result: PassResult, sweep: int, now: datetime
-    ) -> None:
-        client = await self._client(config)
-        include_deleted = plan.mode == "full"
-        cursor, started = plan.cursor, plan.started
-        guard = ListingGuard(
-            config.page_size, cursor, max_entries=config.max_entries, upstream=config.name
-        )
-        order = NameOrder(plan.last_name, plan.unordered)
-        size, narrow = config.page_size, 0
-
-        def fetch(after: str | None) -> asyncio.Future[Fetched]:
-            # Narrowed pages round an unreadable entry retry once: the full page already
-            # used every retry.
-            retries = None if size == config.page_size else min(1, config.retries)
-            return asyncio.ensure_future(
-                client.fetch_page(
-                    after, plan.since, include_deleted=include_deleted, limit=size, retries=retries
-                )
-            )
-
-        pending = fetch(cursor)
-        try:
-            while True:
-                try:
-                    fetched = await self._unless_stopped(pending)
-                except (BadResponse, UpstreamUnavailable) as exc:
-                    if not _isolatable(exc):
-                        raise
-                    if size == 1:
-                        raise type(exc)(
-                            f"{exc}; the entry after cursor {cursor!r} cannot be read even "
-                            "alone (everything before it is mirrored)",
-                            status=exc.status,
-                        ) from None
-                    # Re-read the stretch in smaller pages: the entries round the unreadable
-                    # one are mirrored, and the one that stays unreadable is named.
-                    narrow, size = max(narrow, size), max(1, size // 2)
-                    log.warning("sync.narrowing", cursor=cursor, limit=size, error=str(exc))
-                    pending = fetch(cursor)
-                    continue
-                if started is None:
-                    # The upstream's own clock, where it gives one, is what its rows are stamped
-                    # with; ours may be skewed. Its Date is truncated to the second: conservative.
-                    started = format_stamp(min(fetched.date or now, now))
-                    async with self.store.transaction():
-                        await self.store.set_pass_started(config.name, started)
-                nxt = guard.follow(fetched)
-                if narrow:
-                    narrow -= fetched.page.size
-                    if narrow <= 0:
-                        narrow, size = 0, config.page_size
-                if nxt is not None and not self._stopping:
-                    # Fetch the next page while this one is written: the network and the
-                    # disk overlap, and at most two pages are ever held.
-                    pending = fetch(nxt)
-                counts = await self._apply_page(
-                    config.name, fetched.page, result, sweep, nxt, order
-                )
-                guard.counted(fetched.page.size, counts.repeated)
-                if not guard.plausible() and not guard.plausible(await self._held(config.name)):
-                    raise guard.overrun()
-                if nxt is None:
-                    break
-                if self._stopping:
-                    raise _Stopped
-                cursor = nxt
-        finally:
-            if not pending.done():
-                pending.cancel()
-                with contextlib.suppress(BaseException):
-                    await pending
-        await self._complete(config, plan, result, sweep, started)
-
-    async def _held(self, upstream: str) -> int:
-        async with self.store.transaction():
-            return await self.store.held_count(upstream)
-
-    async def _file_pass(
-        self,
-        config: UpstreamConfig,
-        state: UpstreamState,
-        plan: _Plan,
-        result: PassResult,
-        sweep: int,
-        force: bool,
-    ) -> None:
-        assert config.path is not None
-        data = await asyncio.to_thread(config.path.read_bytes)
-        if len(data) > config.max_response_bytes:
-            raise MalformedPage(f"{config.path} is over the {config.max_response_bytes}-byte cap")
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != state.source_digest or force:
-            page = parse_page(data, max_entry_chars=config.max_entry_bytes)
-            await self._apply_page(config.name, page, result, sweep, None, NameOrder())
-        else:
-            # Unchanged file: every held entry counts as seen, so the sweep removes nothing.
-            async with self.store.transaction():
-                result.counts.unchanged = await self.store.mark_all_seen(config.name, sweep)
-        await self._complete(config, plan, result, sweep, None, source_digest=digest)
-
-    async def _apply_page(
-        self,
-        upstream: str,
-        page: Page,
-        result: PassResult,
-        sweep: int,
-        cursor: str | None,
-        order: NameOrder,
-    ) -> PassCounts:
-        now = self._now()
-        boundary = order.boundary([e.name for e in page.entries])
-        async with self.store.transaction():
-            counts, touched = await self.store.upsert_entries(
-                upstream, page.entries, sweep=sweep, now=now
-            )
-            if page.rejected:
-                await self.store.quarantine(upstream, page.rejected, now)
-                for rejected in page.rejected:
-                    log.warning("sync.quarantined", key=rejected.key, reason=rejected.reason)
-            counts.quarantined = len(page.rejected)
-            counts.pages = 1
-            # A name is decided once a later name shows that all its versions are stored:
-            # never on part of them (a cap or `isLatest` would act on a fragment).
-            await self.store.add_pending(upstream, touched)
-            if boundary is not None:
-                await self.curator.rebuild(
-                    await self.store.take_pending(upstream, boundary, _BATCH * 4)
-                )
-            assert result.pass_id is not None
-            await self.store.record_page(
-                upstream,
-                result.pass_id,
-                cursor,
-                counts,
-                last_name=order.last,
-                unordered=order.unordered,
-            )
-        result.counts.add(counts)
-        if self._progress is not None:
-            self._progress(upstream, result.counts)
-        return counts
-
-    async def _complete(
-        self,
-        config: UpstreamConfig,
-        plan: _Plan,
-        result: PassResult,
-        sweep: int,
-        started: str | None,
-        *,
-        source_digest: str | None = None,
-    ) -> None:
-        while True:  # every name left pending is complete now; decided in bounded batches
-            async with self.store.transaction():
-                names = await self.store.take_pending(config.name, None, _BATCH)
-                await self.curator.rebuild(names)
-            if len(names) < _BATCH:
-                break
-        now = self._now()
-        begun = datetime.fromisoformat(started or plan.started or now)
-        checkpoint = format_stamp(begun - timedelta(seconds=config.overlap))
-        async with self.store.transaction():
-            if plan.mode == "full":
-                # A file is read whole, so one reading is the whole truth; an HTTP listing can
-                # end early without saying so, so two complete ones must agree.
-                agree = 1 if config.path is not None else 2
-                swept = await self.store.sweep(config.name, sweep, now, agree=agree)
-                if swept.held and not swept.counted:
-                    log.warning(
-                        "sync.sweep_skipped",
-                        held=swept.held,
-                        seen=swept.seen,
-                        reason="full pass saw under half of what the mirror holds",
-                    )
-                elif swept.absent_once:
-                    log.info(
-                        "sync.absent_once",
-                        entries=swept.absent_once,
-                        reason="not listed; withdrawn if the next full pass agrees",
-                    )
-                result.counts.removed = swept.removed
-                await self.curator.rebuild(swept.names)
-            assert result.pass_id is not None
-            await self.store.record_page(
-                config.name, result.pass_id, None, PassCounts(removed=result.counts.removed)
-            )
-            if await self.store.rebuild_search_index():
-                log.info("sync.search_index_built")
-            await self.store.finish_pass(
-                config.name,
-                result.pass_id,
-                checkpoint=checkpoint,
-                full=plan.mode == "full",
-                now=now,
-                source_digest=source_digest,
-            )
-        result.outcome, result.checkpoint = "ok", checkpoint
+            return Plan("full", None, None, None, None, None)
+        return Plan("incremental", state.checkpoint, None, None, None, None)
 
     async def _record_failure(
         self,
@@ -490,9 +264,3 @@ class Engine:
             await self.store.close_interrupted(
                 self._now(), result.error or "interrupted", pass_id=result.pass_id
             )
-
-
-def _isolatable(exc: UpstreamError) -> bool:
-    """Failures one entry can cause: a body that cannot be read, or the upstream's own 500
-    while rendering a page. A gateway error or a refused connection is not narrowed."""
-    return isinstance(exc, BadResponse) or exc.status == 500
