@@ -16,7 +16,7 @@ from aiohttp.typedefs import Handler
 from sync.api import CACHE, CACHED_ROUTES, METRICS, Problem, problem
 from sync.cache import CachedBody
 
-__all__ = ["canonical_location", "middlewares"]
+__all__ = ["canonical_location", "middlewares", "none_match", "wants_gzip"]
 
 log = structlog.get_logger("sync.api")
 # Request ids: unique per process and cheap (uuid4 reads the OS entropy pool every request).
@@ -146,6 +146,46 @@ async def guards(request: web.Request, handler: Handler) -> web.StreamResponse:
     return await handler(request)
 
 
+_CODING = re.compile(
+    r"[ \t]*([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]*"
+    r"(?:;[ \t]*[qQ][ \t]*=[ \t]*(0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?))?[ \t]*"
+)
+
+
+def _codings(header: str) -> dict[str, float]:
+    """Accept-Encoding as {coding: qvalue} (RFC 9110 §12.5.3); malformed members say nothing."""
+    weights: dict[str, float] = {}
+    for member in header.split(","):
+        match = _CODING.fullmatch(member)
+        if match is not None:
+            coding = match[1].lower()
+            weight = float(match[2]) if match[2] is not None else 1.0
+            # Listed twice: the lower weight, so a refusal is never overridden.
+            weights[coding] = min(weight, weights.get(coding, weight))
+    return weights
+
+
+def wants_gzip(header: str | None) -> bool:
+    """Whether gzip is acceptable and at least as welcome as identity where the client
+    weighed identity (itself or through `*`). Identity is sent even when refused: a
+    registry read is never a 406."""
+    if header is None:
+        return False  # RFC 9110 allows any coding then, but plain clients (curl) read bytes
+    weights = _codings(header)
+    anything = weights.get("*", 0.0)
+    gzip = weights.get("gzip", weights.get("x-gzip", anything))
+    return gzip > 0 and gzip >= weights.get("identity", anything)
+
+
+_ENTITY_TAG = re.compile(r'(?:[Ww]/)?("[^"]*")|(\*)')
+
+
+def none_match(header: str, etag: str) -> bool:
+    """If-None-Match by the weak comparison (RFC 9110 §13.1.2): `W/"x"` matches `"x"` (a
+    proxy that compressed our response hands the tag back weakened); `*` matches any."""
+    return any(m[2] or m[1] == etag for m in _ENTITY_TAG.finditer(header))
+
+
 @web.middleware
 async def conditional(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Registry reads come from the response cache while the store is unchanged; every 200
@@ -176,10 +216,10 @@ async def conditional(request: web.Request, handler: Handler) -> web.StreamRespo
     else:
         content_type = "application/json"
     headers = {"ETag": item.etag, "Vary": "Accept-Encoding"}
-    wanted = request.headers.get("If-None-Match", "")
-    if wanted and (wanted.strip() == "*" or item.etag in [t.strip() for t in wanted.split(",")]):
+    wanted = request.headers.get("If-None-Match")
+    if wanted is not None and none_match(wanted, item.etag):
         return web.Response(status=304, headers=headers)
-    if len(item.body) > _COMPRESS_OVER and "gzip" in request.headers.get("Accept-Encoding", ""):
+    if len(item.body) > _COMPRESS_OVER and wants_gzip(request.headers.get("Accept-Encoding")):
         headers["Content-Encoding"] = "gzip"
         return web.Response(body=item.compressed(), headers=headers, content_type=content_type)
     return web.Response(body=item.body, headers=headers, content_type=content_type)

@@ -9,6 +9,7 @@ served from its own thread so that raw bytes (backslashes, tabs) reach it unchan
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import re
 import shutil
@@ -200,3 +201,67 @@ def test_redirect_target_serves_the_same_query(mirror: Mirror) -> None:
     landed = get(mirror, moved.headers["location"])
     assert landed.status == 200
     assert [i["server"]["name"] for i in landed.json()["servers"]] == ["ai.exa/exa"] * 2
+
+
+# --- 8. HTTP semantics as the RFCs say -----------------------------------------------------
+
+LARGE = "/v0.1/servers?limit=50"  # well over the size worth compressing
+
+
+@pytest.mark.parametrize(
+    ("accept", "gzipped"),
+    [
+        ("gzip", True),
+        ("GZip", True),
+        ("deflate, gzip;q=1.0, br", True),
+        (" gzip ; q=0.5 ", True),
+        ("gzip;Q=0.001", True),
+        ("x-gzip", True),
+        ("*", True),
+        ("*;q=0.5", True),
+        ("gzip;q=0", False),
+        ("gzip;q=0.000", False),
+        ("gzip;q=0, *", False),
+        ("gzip;q=0.5, identity", False),  # identity is preferred
+        ("identity;q=0", False),  # no coding acceptable: identity anyway, never 406
+        ("*;q=0", False),
+        ("identity;q=0, *;q=0", False),
+        ("gzip;q=abc", False),  # a malformed member says nothing
+        ("gzip;q=1.5", False),
+        ("br, deflate", False),
+        ("", False),
+    ],
+)
+def test_accept_encoding_qvalues(mirror: Mirror, accept: str, gzipped: bool) -> None:
+    plain = get(mirror, LARGE)
+    answer = get(mirror, LARGE, {"Accept-Encoding": accept})
+    assert answer.status == 200
+    assert answer.headers.get("content-encoding") == ("gzip" if gzipped else None)
+    assert "Accept-Encoding" in answer.headers["vary"]
+    body = gzip.decompress(answer.body) if gzipped else answer.body
+    assert body == plain.body
+
+
+@pytest.mark.parametrize(
+    ("header", "matches"),
+    [
+        ("{tag}", True),
+        ("W/{tag}", True),  # a proxy that gzipped our response weakened the tag
+        ('"other", W/{tag}', True),
+        ('"other",{tag}', True),
+        ("  {tag}  ", True),
+        ("*", True),
+        ('"other"', False),
+        ('W/"other"', False),
+        ("{bare}", False),  # not a quoted entity-tag
+        ("", False),
+    ],
+)
+def test_if_none_match_weak_comparison(mirror: Mirror, header: str, matches: bool) -> None:
+    first = get(mirror, LARGE)
+    tag = first.headers["etag"]
+    answer = get(mirror, LARGE, {"If-None-Match": header.format(tag=tag, bare=tag.strip('"'))})
+    assert answer.status == (304 if matches else 200)
+    assert answer.headers["etag"] == tag
+    if matches:
+        assert answer.body == b""
