@@ -139,6 +139,18 @@ def main(source: str) -> None:
     package = copy.deepcopy(components["Package"])
     package["properties"]["version"].pop("not", None)
     components["Package"] = package
+    # And arguments typed "" and inputs formatted "integer" (5 entries on 2025-12-12).
+    for name in ("PositionalArgument", "NamedArgument"):
+        argument = copy.deepcopy(components[name])
+        argument["allOf"][1]["properties"]["type"].pop("enum", None)
+        argument["description"] += " Served as published upstream: `type` may be another string."
+        components[name] = argument
+    value_input = copy.deepcopy(components["Input"])
+    value_input["properties"]["format"].pop("enum", None)
+    value_input["properties"]["format"]["description"] += (
+        "\n\nServed as published upstream: other values occur."
+    )
+    components["Input"] = value_input
     components["Problem"] = {
         "type": "object",
         "required": ["title", "status"],
