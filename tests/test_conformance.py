@@ -70,7 +70,7 @@ async def conforming_mirror(tmp_path: Path, catalogue: list[dict[str, Any]]) -> 
         await server.close()
 
 
-async def schemathesis(spec: Path, url: str, *args: str) -> tuple[int, str]:
+async def schemathesis(spec: Path, url: str, *args: str, hooks: str = "") -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
         ST,
         "run",
@@ -85,7 +85,7 @@ async def schemathesis(spec: Path, url: str, *args: str) -> tuple[int, str]:
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "SCHEMATHESIS_HOOKS": ""},
+        env={**os.environ, "SCHEMATHESIS_HOOKS": hooks},
     )
     out, _ = await process.communicate()
     assert process.returncode is not None
@@ -103,6 +103,34 @@ async def test_served_spec_holds_for_every_check(full_mirror: str) -> None:
         "all",
         "--exclude-checks",
         "ignored_auth,positive_data_acceptance",
+    )
+    assert code == 0, out[-6000:]
+
+
+# Every `date-time` schemathesis draws comes from RFC 3339's edges (years 0000 and 9999,
+# offsets to ±23:59, long fractions, lowercase, leap seconds): the strategy the direct tests use.
+RFC3339_HOOKS = """
+import sys
+sys.path.insert(0, {root!r})
+import schemathesis
+from tests.faults.test_client_http import rfc3339
+schemathesis.openapi.format("date-time", rfc3339())
+"""
+
+
+async def test_served_spec_holds_at_rfc3339_edges(full_mirror: str, tmp_path: Path) -> None:
+    """`updated_since` at every edge RFC 3339 allows (and the spec's own edge examples):
+    never a 5xx, always the documented shape, and what is not a date-time is refused."""
+    hooks = tmp_path / "rfc3339_hooks.py"
+    hooks.write_text(RFC3339_HOOKS.format(root=str(Path(__file__).parent.parent)))
+    code, out = await schemathesis(
+        Path(__file__).parent.parent / "sync" / "openapi.yaml",
+        full_mirror,
+        "--include-path-regex",
+        "/servers$",
+        "--checks",
+        "not_a_server_error,response_schema_conformance,negative_data_rejection",
+        hooks=str(hooks),
     )
     assert code == 0, out[-6000:]
 

@@ -9,6 +9,7 @@ served from its own thread so that raw bytes (backslashes, tabs) reach it unchan
 from __future__ import annotations
 
 import asyncio
+import calendar
 import gzip
 import json
 import re
@@ -17,9 +18,11 @@ import socket
 import string
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import pytest
 from aiohttp import web
@@ -28,7 +31,8 @@ from hypothesis import strategies as st
 
 from sync.app import create_app
 from sync.middleware import canonical_location
-from tests.helpers import mirror_config
+from tests.fake_upstream import OFFICIAL
+from tests.helpers import DEPRECATED, MULTI, mirror_config
 
 HOST = "127.0.0.1"
 PROPERTY = settings(max_examples=150, deadline=None, database=None)
@@ -201,6 +205,221 @@ def test_redirect_target_serves_the_same_query(mirror: Mirror) -> None:
     landed = get(mirror, moved.headers["location"])
     assert landed.status == 200
     assert [i["server"]["name"] for i in landed.json()["servers"]] == ["ai.exa/exa"] * 2
+
+
+# --- 7. No valid input gets a 5xx ---------------------------------------------------------
+
+
+@st.composite
+def rfc3339(draw: st.DrawFn) -> str:
+    """Any RFC 3339 date-time, edges first: years 0000, 0001 and 9999, offsets up to
+    ±23:59, fractions of any length, lowercase `t` and `z`, leap seconds (:60)."""
+    year = draw(st.sampled_from([0, 1, 1970, 9998, 9999]) | st.integers(0, 9999))
+    month = draw(st.integers(1, 12))
+    day = draw(st.integers(1, calendar.monthrange(year or 400, month)[1]))  # 0000 is leap
+    clock = draw(st.tuples(st.integers(0, 23), st.integers(0, 59), st.integers(0, 60)))
+    fraction = draw(st.none() | st.text("0123456789", min_size=1, max_size=40))
+    zone = draw(
+        st.sampled_from(["Z", "z", "+23:59", "-23:59", "-00:00"])
+        | st.builds(
+            "{}{:02d}:{:02d}".format, st.sampled_from("+-"), st.integers(0, 23), st.integers(0, 59)
+        )
+    )
+    separator = draw(st.sampled_from("Tt"))
+    text = (
+        f"{year:04d}-{month:02d}-{day:02d}{separator}{clock[0]:02d}:{clock[1]:02d}:{clock[2]:02d}"
+    )
+    return text + ("" if fraction is None else "." + fraction) + zone
+
+
+@dataclass(frozen=True)
+class Stamps:
+    """The mirror's own `updatedAt` stamps, and the first page of everything."""
+
+    all: list[str]
+    first_page: list[tuple[str, str]]
+
+
+def _keys(answer: Answer) -> list[tuple[str, str]]:
+    return [(i["server"]["name"], i["server"]["version"]) for i in answer.json()["servers"]]
+
+
+@pytest.fixture(scope="module")
+def stamps(mirror: Mirror) -> Stamps:
+    found: list[str] = []
+    cursor = ""
+    first: list[tuple[str, str]] = []
+    while True:
+        page = get(mirror, f"/v0.1/servers?limit=100&include_deleted=true&cursor={cursor}")
+        first = first or _keys(page)
+        found += [i["_meta"][OFFICIAL]["updatedAt"] for i in page.json()["servers"]]
+        cursor = page.json()["metadata"].get("nextCursor", "")
+        if not cursor:
+            return Stamps(sorted(found), first)
+
+
+def _since(mirror: Mirror, since: str, *extra: str) -> Answer:
+    return get(
+        mirror,
+        "/v0.1/servers?"
+        + "&".join(["limit=100", *extra, "updated_since=" + quote(since, safe="")]),
+    )
+
+
+@PROPERTY
+@given(since=rfc3339())
+def test_every_rfc3339_stamp_is_answered(mirror: Mirror, stamps: Stamps, since: str) -> None:
+    answer = _since(mirror, since)
+    assert answer.status == 200, (since, answer.body[:300])
+    year = int(since[:4])  # an offset moves a moment by less than a day
+    if year < int(stamps.all[0][:4]) - 1:
+        assert _keys(answer) == stamps.first_page, since
+    elif year > int(stamps.all[-1][:4]) + 1:
+        assert _keys(answer) == [], since
+
+
+@pytest.mark.parametrize(
+    "since",
+    [
+        "0001-01-01T00:00:00+01:00",  # before 0001-01-01 UTC: overflowed into a 500
+        "0001-01-01T00:00:00+23:59",
+        "0000-01-01T00:00:00Z",
+        "0000-02-29T23:59:60.999-23:59",
+        "0001-01-01t00:00:00.0000000000000000000001z",
+        "1970-01-01T00:00:00-00:00",
+        "2016-12-31T23:59:60Z",
+    ],
+)
+def test_a_bound_before_every_stamp_means_everything(
+    mirror: Mirror, stamps: Stamps, since: str
+) -> None:
+    answer = _since(mirror, since)
+    assert answer.status == 200, answer.body[:300]
+    assert _keys(answer) == stamps.first_page
+
+
+@pytest.mark.parametrize(
+    "since",
+    [
+        "9999-12-31T23:59:59-01:00",  # after 9999-12-31 UTC: overflowed into a 500
+        "9999-12-31T23:59:60.999999999999-23:59",
+        "9999-12-31t23:59:59.999999z",
+        "3000-01-01T00:00:00+23:59",
+    ],
+)
+def test_a_bound_after_every_stamp_means_nothing(mirror: Mirror, since: str) -> None:
+    answer = _since(mirror, since)
+    assert answer.status == 200, answer.body[:300]
+    assert answer.json() == {"servers": [], "metadata": {"count": 0}}
+
+
+def test_bounds_at_any_offset_and_precision_are_exact(mirror: Mirror, stamps: Stamps) -> None:
+    """Digits past the microsecond and any offset name the same moment: still strictly after."""
+    pivot = stamps.all[-10]
+    newer = sum(1 for s in stamps.all if s > pivot)
+    moment = datetime.fromisoformat(pivot)
+    for minutes in (0, 23 * 60 + 59, -(23 * 60 + 59), 330):
+        zone = timezone(timedelta(minutes=minutes))
+        local = moment.astimezone(zone)
+        offset = "z" if minutes == 0 else local.strftime("%z")[:3] + ":" + local.strftime("%z")[3:]
+        since = local.strftime("%Y-%m-%dt%H:%M:%S.%f") + "999999999999" + offset
+        answer = _since(mirror, since)
+        assert answer.status == 200 and answer.json()["metadata"]["count"] == newer, since
+
+
+@pytest.mark.parametrize(
+    "since",
+    [
+        "2025-02-29T00:00:00Z",
+        "2025-13-01T00:00:00Z",
+        "2025-00-10T00:00:00Z",
+        "2025-01-32T00:00:00Z",
+        "2025-01-01T24:00:00Z",
+        "2025-01-01T00:60:00Z",
+        "2025-01-01T00:00:61Z",
+        "2025-01-01T00:00:00+24:00",
+        "2025-01-01T00:00:00+01:60",
+        "2025-01-01T00:00:00.Z",
+        "2025-01-01T00:00:00",
+        "\u0662\u0660\u0662\u0665-01-01T00:00:00Z",
+        "2025-01-01T00:00:00Z\n",
+        "10000-01-01T00:00:00Z",
+    ],
+)
+def test_invalid_stamps_are_a_clear_400(mirror: Mirror, since: str) -> None:
+    answer = _since(mirror, since)
+    assert answer.status == 400
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    assert "updated_since" in answer.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("query", "count"),
+    [
+        ("limit=", 30),  # empty is absent, as huma reads it: the default
+        ("include_deleted=", 30),
+        ("updated_since=", 30),
+        ("search=&version=&cursor=", 30),
+        ("limit=5&limit=abc", 5),  # repeated: the first, as Go's Query().Get
+        ("limit=%2B5", 5),  # strconv.ParseInt takes a sign
+        ("limit=0000000000000000000000000000005", 5),
+        ("include_deleted=true&include_deleted=maybe", 30),
+    ],
+)
+def test_parameter_forms_that_mean_a_value(mirror: Mirror, query: str, count: int) -> None:
+    answer = get(mirror, "/v0.1/servers?" + query)
+    assert answer.status == 200, answer.body[:300]
+    assert answer.json()["metadata"]["count"] == count
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=abc&limit=5",
+        "limit=" + "9" * 5000,
+        "limit=-" + "9" * 5000,
+        "limit=99999999999999999999",
+        "include_deleted=maybe",
+        "include_deleted=%00",
+    ],
+)
+def test_parameter_forms_that_are_a_clear_4xx(mirror: Mirror, query: str) -> None:
+    answer = get(mirror, "/v0.1/servers?" + query)
+    assert 400 <= answer.status < 500
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    assert len(answer.body) < 500  # the value is not echoed back whole
+
+
+_VALUES = st.one_of(
+    st.just(""),
+    st.text(st.characters(exclude_categories=["Cs"]), max_size=20).map(lambda t: quote(t, safe="")),
+    st.binary(max_size=8).map(lambda raw: "".join(f"%{b:02X}" for b in raw)),
+    st.integers(-(10**30), 10**30).map(str),
+    st.text("0123456789", min_size=10, max_size=1200),
+    st.sampled_from(["true", "True", "TRUE", "t", "1", "0", "f", "yes", "on", "+1", "latest"]),
+    rfc3339().map(lambda s: quote(s, safe="")),
+)
+_KEYS = ["limit", "cursor", "search", "updated_since", "version", "include_deleted", "other"]
+_ROUTES = [
+    "/v0.1/servers",
+    f"/v0/servers/{quote(MULTI, safe='')}/versions",
+    f"/v0.1/servers/{quote(DEPRECATED[0], safe='')}/versions/latest",
+]
+
+
+@PROPERTY
+@given(
+    route=st.sampled_from(_ROUTES),
+    pairs=st.lists(st.tuples(st.sampled_from(_KEYS), _VALUES), max_size=5),
+)
+def test_no_parameter_form_gets_a_5xx(
+    mirror: Mirror, route: str, pairs: list[tuple[str, str]]
+) -> None:
+    target = route + "?" + "&".join(f"{key}={value}" for key, value in pairs)
+    answer = get(mirror, target)
+    assert answer.status < 500, (target, answer.body[:300])
+    if answer.status >= 400:
+        assert answer.headers["content-type"].startswith("application/problem+json"), target
 
 
 # --- 8. HTTP semantics as the RFCs say -----------------------------------------------------
