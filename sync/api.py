@@ -52,6 +52,10 @@ CACHED_ROUTES = frozenset(
 )
 
 PREFIXES = ("/v0.1", "/v0")
+# A segment is anything but `/`, as on the official service: aiohttp's default pattern also
+# refuses `{` and `}`, which real versions hold (`{{VERSION}}`).
+_NAME = "{serverName:[^/]+}"
+_VERSION = "{version:[^/]+}"
 # RFC 3339 date-time, ASCII digits only (`\d` would also take other scripts' digits).
 _RFC3339 = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
@@ -221,32 +225,36 @@ async def list_servers(request: web.Request) -> web.Response:
     return json_response(_list_body(page, metadata))
 
 
-def _path_value(request: web.Request, key: str) -> str:
-    # The official handler unescapes once more on top of the router's own decoding.
-    return unquote(request.match_info[key])
+def _path_values(request: web.Request, key: str) -> list[str]:
+    """What a path segment may mean, the official reading first. The official handler
+    unescapes once more on top of the router's decoding (`%2541` means `A`); a segment that
+    was encoded once and holds a literal `%XX` means itself, tried second."""
+    once = request.match_info[key]
+    twice = unquote(once)
+    return [twice] if twice == once else [twice, once]
 
 
 async def list_versions(request: web.Request) -> web.Response:
-    name = _path_value(request, "serverName")
     include_deleted = bool(_boolean(request.query, "include_deleted"))
-    rows = await request.app[READER].versions(
-        request.app[VIEW], name, include_deleted=include_deleted
-    )
-    if not rows:
-        raise Problem(404, "Server not found")
-    return json_response(_list_body(rows, {"count": len(rows)}))
+    for name in _path_values(request, "serverName"):
+        rows = await request.app[READER].versions(
+            request.app[VIEW], name, include_deleted=include_deleted
+        )
+        if rows:
+            return json_response(_list_body(rows, {"count": len(rows)}))
+    raise Problem(404, "Server not found")
 
 
 async def get_version(request: web.Request) -> web.Response:
-    name = _path_value(request, "serverName")
-    version = _path_value(request, "version")
     include_deleted = bool(_boolean(request.query, "include_deleted"))
-    row = await request.app[READER].version(
-        request.app[VIEW], name, version, include_deleted=include_deleted
-    )
-    if row is None:
-        raise Problem(404, "Server not found")
-    return json_response(_item(row[2], row[3]))
+    for name in _path_values(request, "serverName"):
+        for version in _path_values(request, "version"):
+            row = await request.app[READER].version(
+                request.app[VIEW], name, version, include_deleted=include_deleted
+            )
+            if row is not None:
+                return json_response(_item(row[2], row[3]))
+    raise Problem(404, "Server not found")
 
 
 async def health(_: web.Request) -> web.Response:
@@ -288,8 +296,8 @@ def add_routes(app: web.Application, base_path: str) -> None:
         root = f"{base_path}{prefix}"
         reads: list[tuple[str, Handler, str | None]] = [
             ("/servers", list_servers, "servers"),
-            ("/servers/{serverName}/versions", list_versions, "versions"),
-            ("/servers/{serverName}/versions/{version}", get_version, "version"),
+            (f"/servers/{_NAME}/versions", list_versions, "versions"),
+            (f"/servers/{_NAME}/versions/{_VERSION}", get_version, "version"),
             ("/health", health, None),
             ("/ping", ping, None),
             ("/version", version, None),
@@ -303,8 +311,8 @@ def add_routes(app: web.Application, base_path: str) -> None:
         for path in (
             "/publish",
             "/validate",
-            "/servers/{serverName}/status",
-            "/servers/{serverName}/versions/{version}/status",
+            f"/servers/{_NAME}/status",
+            f"/servers/{_NAME}/versions/{_VERSION}/status",
             "/auth/{provider}",
         ):
             router.add_route("*", root + path, read_only)

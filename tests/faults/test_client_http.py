@@ -17,22 +17,25 @@ import shutil
 import socket
 import string
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import quote, urljoin, urlsplit
 
+import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from yarl import URL
 
 from sync.app import create_app
 from sync.middleware import canonical_location
 from tests.fake_upstream import OFFICIAL
-from tests.helpers import DEPRECATED, MULTI, mirror_config
+from tests.helpers import DEPRECATED, MULTI, build_mirror, mirror_config
 
 HOST = "127.0.0.1"
 PROPERTY = settings(max_examples=150, deadline=None, database=None)
@@ -484,3 +487,103 @@ def test_if_none_match_weak_comparison(mirror: Mirror, header: str, matches: boo
     assert answer.headers["etag"] == tag
     if matches:
         assert answer.body == b""
+
+
+# --- 9. Every real version and name is reachable by its path -------------------------------
+
+_URI_COMPONENT_KEEPS = frozenset(string.ascii_letters + string.digits + "-_.!~*'()")
+_PATH_SEGMENT_KEEPS = frozenset(string.ascii_letters + string.digits + "-_.~" + "$&+:=@")
+
+
+def encode_uri_component(text: str) -> str:
+    """JavaScript's encodeURIComponent (ECMA-262): UTF-8, all but A-Za-z0-9 -_.!~*'()."""
+    return "".join(c if c in _URI_COMPONENT_KEEPS else quote(c, safe="") for c in text)
+
+
+def go_path_escape(text: str) -> str:
+    """Go's url.PathEscape (shouldEscape, encodePathSegment): unreserved and $&+:=@ stay;
+    `/`, `;`, `,` and `?` are escaped, as is every other byte."""
+    return "".join(
+        chr(b) if chr(b) in _PATH_SEGMENT_KEEPS else f"%{b:02X}" for b in text.encode("utf-8")
+    )
+
+
+def python_quote(text: str) -> str:
+    return quote(text, safe="")
+
+
+ENCODERS: list[Callable[[str], str]] = [encode_uri_component, go_path_escape, python_quote]
+
+
+async def test_every_real_version_is_reachable_with_every_client_encoding(
+    mirror: Mirror, catalogue: list[dict[str, Any]]
+) -> None:
+    keys = [(i["server"]["name"], i["server"]["version"]) for i in catalogue]
+    gate = asyncio.Semaphore(16)
+
+    async def fetch(
+        session: aiohttp.ClientSession, encode: Callable[[str], str], name: str, version: str
+    ) -> str | None:
+        path = f"/v0.1/servers/{encode(name)}/versions/{encode(version)}?include_deleted=true"
+        async with gate, session.get(URL(mirror.base + path, encoded=True)) as response:
+            if response.status != 200:
+                return f"{response.status} {path}"
+            server = (await response.json())["server"]
+            return None if (server["name"], server["version"]) == (name, version) else path
+
+    async with aiohttp.ClientSession() as session:
+        failures = await asyncio.gather(
+            *(fetch(session, e, n, v) for e in ENCODERS for n, v in keys)
+        )
+    assert len(failures) == 3 * len(keys) == 3 * 2628
+    assert [f for f in failures if f] == []
+
+
+def test_unencoded_braces_reach_the_entry(mirror: Mirror) -> None:
+    listed = get(mirror, "/v0.1/servers?version=%7B%7BVERSION%7D%7D").json()["servers"]
+    name = quote(listed[0]["server"]["name"], safe="")
+    raw = send(mirror.port, f"/v0.1/servers/{name}/versions/{{{{VERSION}}}}".encode())
+    assert raw.status == 200 and raw.json()["server"]["version"] == "{{VERSION}}"
+
+
+SYNTHETIC = ("9.0%41", "9.0A", "9.1%41", "50%off")
+
+
+@pytest.fixture
+async def synthetic(
+    tmp_path: Path, catalogue: list[dict[str, Any]]
+) -> AsyncIterator[TestClient[Any, Any]]:
+    """A mirror whose one server also holds versions with `%` in them."""
+    items = [i for i in catalogue if i["server"]["name"] in (MULTI, DEPRECATED[0])]
+    template = next(i for i in items if i["server"]["name"] == DEPRECATED[0])
+    for version in SYNTHETIC:
+        item = json.loads(json.dumps(template))
+        item["server"]["version"] = version
+        items.append(item)
+    await build_mirror(tmp_path / "mirror.db", items)
+    client = TestClient(TestServer(create_app(mirror_config(tmp_path / "mirror.db"), sync=False)))
+    await client.start_server()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def _version_at(client: TestClient[Any, Any], path: str) -> str | None:
+    response = await client.get(URL(path, encoded=True))
+    if response.status != 200:
+        return None
+    return str((await response.json())["server"]["version"])
+
+
+async def test_a_literal_percent_escape_is_reachable_encoded_once(
+    synthetic: TestClient[Any, Any],
+) -> None:
+    """The official handler decodes twice, so `%2541` asks for `A`; when no such version
+    exists, the once-decoded `%41` is what the client meant."""
+    base = f"/v0.1/servers/{quote(DEPRECATED[0], safe='')}/versions/"
+    assert await _version_at(synthetic, base + quote("9.1%41", safe="")) == "9.1%41"
+    assert await _version_at(synthetic, base + quote("50%off", safe="")) == "50%off"
+    assert await _version_at(synthetic, base + quote("9.0%41", safe="")) == "9.0A"  # official
+    twice = quote(quote("9.0%41", safe=""), safe="")
+    assert await _version_at(synthetic, base + twice) == "9.0%41"
