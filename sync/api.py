@@ -12,7 +12,7 @@ import json
 import os
 import re
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 from typing import Any
 from urllib.parse import unquote
@@ -52,9 +52,23 @@ CACHED_ROUTES = frozenset(
 )
 
 PREFIXES = ("/v0.1", "/v0")
+# A segment is anything but `/`, as on the official service: aiohttp's default pattern also
+# refuses `{` and `}`, which real versions hold (`{{VERSION}}`).
+_NAME = "{serverName:[^/]+}"
+_VERSION = "{version:[^/]+}"
+# RFC 3339 date-time, ASCII digits only (`\d` would also take other scripts' digits).
 _RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})$"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
+    r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))"
 )
+_US = 1_000_000
+# Bounds outside what the store can hold: every stored stamp is after the first, none after
+# the second (stamps are fixed-width text, compared as text).
+_BEFORE_ALL = "0000-01-01T00:00:00.000000Z"
+_AFTER_ALL = format_stamp(datetime.max.replace(tzinfo=UTC))
+_EPOCH = datetime(1, 1, 1, tzinfo=UTC)
+_MAX_US = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
+_DAYS_400_YEARS = 146_097  # the Gregorian calendar repeats every 400 years
 # strconv.ParseBool, which the official service (Go, huma) uses for booleans.
 _BOOLEANS = {
     **dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), True),
@@ -102,39 +116,69 @@ def _decode_cursor(text: str) -> tuple[str, str]:
     return name, version
 
 
+def _param(query: Any, key: str) -> str | None:
+    """A query parameter as the official service (huma) reads it: the first of repeated
+    values, and an empty value is no value (the default applies)."""
+    text: str | None = query.get(key)
+    return text or None
+
+
 def _limit(query: Any) -> int:
-    text = query.get("limit")
+    text = _param(query, "limit")
     if text is None:
         return 30
     # ASCII digits only, as Go parses them: int() would also take "1_0", " 5" or Arabic digits.
-    if not re.fullmatch(r"-?[0-9]{1,9}", text):
-        raise Problem(422, f"validation failed: limit must be an integer, got {text!r}")
-    limit = int(text)
+    match = re.fullmatch(r"([+-]?)0*([0-9]+)", text)
+    if match is None:
+        raise Problem(422, f"validation failed: limit must be an integer, got {text[:20]!r}")
+    # Compare the digits' length first: int() refuses numbers past 4,300 digits.
+    limit = int(match[1] + match[2]) if len(match[2]) <= 9 else 10**9
     if not 1 <= limit <= 100:
-        raise Problem(422, f"validation failed: limit must be between 1 and 100, got {limit}")
+        raise Problem(422, f"validation failed: limit must be between 1 and 100, got {text[:20]}")
     return limit
 
 
 def _boolean(query: Any, key: str) -> bool | None:
-    text = query.get(key)
+    text = _param(query, key)
     if text is None:
         return None
     if text not in _BOOLEANS:
-        raise Problem(422, f"validation failed: {key} must be a boolean, got {text!r}")
+        raise Problem(422, f"validation failed: {key} must be a boolean, got {text[:20]!r}")
     return _BOOLEANS[text]
 
 
 def _since(text: str) -> str:
+    """The store's bound for `updated_at > bound`, for every RFC 3339 date-time: year 0000 to
+    9999, any offset up to ±23:59, any number of fractional digits, a leap second. A moment
+    before every stamp the store can hold means everything, one after them all nothing."""
     # An unencoded '+hh:mm' offset arrives as a space; read it as the client meant it.
-    text = re.sub(r" (\d{2}:\d{2})$", r"+\1", text)
-    if not _RFC3339.match(text):
+    text = re.sub(r" ([0-9]{2}:[0-9]{2})$", r"+\1", text)
+    match = _RFC3339.fullmatch(text)
+    if match is None:
         raise Problem(400, "Invalid updated_since format: use RFC 3339, e.g. 2025-08-07T13:15:04Z")
-    text = re.sub(r"\.(\d{6})\d+", r".\1", text)  # Python reads at most microseconds
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    fraction, sign = match[7], match[8]
+    off_hour, off_minute = int(match[9] or 0), int(match[10] or 0)
     try:
-        moment = datetime.fromisoformat(text.replace("z", "Z").replace("t", "T"))
+        # Year 0000 is valid RFC 3339 but not a `date`: take its twin 400 years on.
+        days = date(year or 400, month, day).toordinal() - 1 - (0 if year else _DAYS_400_YEARS)
     except ValueError:
-        raise Problem(400, "Invalid updated_since format: not a valid date and time") from None
-    return format_stamp(moment.astimezone(UTC))
+        raise Problem(400, "Invalid updated_since format: not a valid date") from None
+    if hour > 23 or minute > 59 or second > 60 or off_hour > 23 or off_minute > 59:
+        raise Problem(400, "Invalid updated_since format: not a valid time of day or offset")
+    offset = off_hour * 60 + off_minute
+    # Stamps have microseconds: cutting finer digits off keeps `>` exact. A leap second
+    # (:60) comes after every microsecond of :59 and before the next minute.
+    micro = int((fraction or "").ljust(6, "0")[:6])
+    if second == 60:
+        second, micro = 59, _US - 1
+    moment = (((days * 24 + hour) * 60 + minute) * 60 + second) * _US + micro
+    moment -= (-1 if sign == "-" else 1) * offset * 60 * _US
+    if moment < 0:
+        return _BEFORE_ALL
+    if moment > _MAX_US:
+        return _AFTER_ALL
+    return format_stamp(_EPOCH + timedelta(microseconds=moment))
 
 
 def _item(server: str, meta: str) -> str:
@@ -154,7 +198,7 @@ async def list_servers(request: web.Request) -> web.Response:
     query = request.query
     limit = _limit(query)
     include_deleted = _boolean(query, "include_deleted")
-    since = query.get("updated_since")
+    since = _param(query, "updated_since")
     if since is not None:
         if include_deleted is False:
             raise Problem(
@@ -163,14 +207,14 @@ async def list_servers(request: web.Request) -> web.Response:
                 "(incremental sync requires deleted servers)",
             )
         include_deleted = True
-    cursor = query.get("cursor")
+    cursor = _param(query, "cursor")
     q = ListQuery(
         view=request.app[VIEW],
         limit=limit,
         after=_decode_cursor(cursor) if cursor else None,
-        search=query.get("search") or None,
+        search=_param(query, "search"),
         updated_since=_since(since) if since is not None else None,
-        version=query.get("version") or None,
+        version=_param(query, "version"),
         include_deleted=bool(include_deleted),
     )
     rows = await request.app[READER].list_servers(q)
@@ -181,32 +225,36 @@ async def list_servers(request: web.Request) -> web.Response:
     return json_response(_list_body(page, metadata))
 
 
-def _path_value(request: web.Request, key: str) -> str:
-    # The official handler unescapes once more on top of the router's own decoding.
-    return unquote(request.match_info[key])
+def _path_values(request: web.Request, key: str) -> list[str]:
+    """What a path segment may mean, the official reading first. The official handler
+    unescapes once more on top of the router's decoding (`%2541` means `A`); a segment that
+    was encoded once and holds a literal `%XX` means itself, tried second."""
+    once = request.match_info[key]
+    twice = unquote(once)
+    return [twice] if twice == once else [twice, once]
 
 
 async def list_versions(request: web.Request) -> web.Response:
-    name = _path_value(request, "serverName")
     include_deleted = bool(_boolean(request.query, "include_deleted"))
-    rows = await request.app[READER].versions(
-        request.app[VIEW], name, include_deleted=include_deleted
-    )
-    if not rows:
-        raise Problem(404, "Server not found")
-    return json_response(_list_body(rows, {"count": len(rows)}))
+    for name in _path_values(request, "serverName"):
+        rows = await request.app[READER].versions(
+            request.app[VIEW], name, include_deleted=include_deleted
+        )
+        if rows:
+            return json_response(_list_body(rows, {"count": len(rows)}))
+    raise Problem(404, "Server not found")
 
 
 async def get_version(request: web.Request) -> web.Response:
-    name = _path_value(request, "serverName")
-    version = _path_value(request, "version")
     include_deleted = bool(_boolean(request.query, "include_deleted"))
-    row = await request.app[READER].version(
-        request.app[VIEW], name, version, include_deleted=include_deleted
-    )
-    if row is None:
-        raise Problem(404, "Server not found")
-    return json_response(_item(row[2], row[3]))
+    for name in _path_values(request, "serverName"):
+        for version in _path_values(request, "version"):
+            row = await request.app[READER].version(
+                request.app[VIEW], name, version, include_deleted=include_deleted
+            )
+            if row is not None:
+                return json_response(_item(row[2], row[3]))
+    raise Problem(404, "Server not found")
 
 
 async def health(_: web.Request) -> web.Response:
@@ -248,8 +296,8 @@ def add_routes(app: web.Application, base_path: str) -> None:
         root = f"{base_path}{prefix}"
         reads: list[tuple[str, Handler, str | None]] = [
             ("/servers", list_servers, "servers"),
-            ("/servers/{serverName}/versions", list_versions, "versions"),
-            ("/servers/{serverName}/versions/{version}", get_version, "version"),
+            (f"/servers/{_NAME}/versions", list_versions, "versions"),
+            (f"/servers/{_NAME}/versions/{_VERSION}", get_version, "version"),
             ("/health", health, None),
             ("/ping", ping, None),
             ("/version", version, None),
@@ -263,8 +311,8 @@ def add_routes(app: web.Application, base_path: str) -> None:
         for path in (
             "/publish",
             "/validate",
-            "/servers/{serverName}/status",
-            "/servers/{serverName}/versions/{version}/status",
+            f"/servers/{_NAME}/status",
+            f"/servers/{_NAME}/versions/{_VERSION}/status",
             "/auth/{provider}",
         ):
             router.add_route("*", root + path, read_only)

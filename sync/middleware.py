@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import os
 import re
+import string
 import time
 
 import structlog
@@ -15,7 +16,7 @@ from aiohttp.typedefs import Handler
 from sync.api import CACHE, CACHED_ROUTES, METRICS, Problem, problem
 from sync.cache import CachedBody
 
-__all__ = ["middlewares"]
+__all__ = ["canonical_location", "middlewares", "none_match", "wants_gzip"]
 
 log = structlog.get_logger("sync.api")
 # Request ids: unique per process and cheap (uuid4 reads the OS entropy pool every request).
@@ -102,19 +103,87 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return problem(500, "internal error; the mirror's logs have the details")
 
 
+# Characters a path may carry as they are (RFC 3986 pchar and `/`); everything else is
+# percent-encoded, so no browser can read the Location as another host: WHATWG URL parsing
+# drops tab, CR and LF and takes `\` for `/`, which would turn `/\t/evil` into `//evil`.
+_PATH_SAFE = frozenset(string.ascii_letters + string.digits + "-._~!$&'()*+,;=:@/%")
+_BARE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# A query cannot move a URL to another host: it comes back byte for byte, but for what no
+# request line can hold and a header must not (controls, spaces, non-ASCII) and `#`.
+_QUERY_UNSAFE = re.compile("[\x00-\x20\x7f-\U0010ffff#]")
+
+
+def _encode(char: str) -> str:
+    return "".join(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
+
+
+def canonical_location(path: str, query: str) -> str:
+    """The 308 target for a raw path with trailing slashes: the same path and query on this
+    host, whatever the path holds. It starts with exactly one `/` followed by neither `/`
+    nor `\\`, so a browser resolves it to a path on the host the client asked."""
+    path = "".join(c if c in _PATH_SAFE else _encode(c) for c in path.strip("/"))
+    target = "/" + _BARE_PERCENT.sub("%25", path)
+    if query:
+        target += "?" + _QUERY_UNSAFE.sub(lambda m: _encode(m[0]), query)
+    return target
+
+
 @web.middleware
 async def guards(request: web.Request, handler: Handler) -> web.StreamResponse:
     raw = request.raw_path
     if "\x00" in raw or re.search("%00", raw, re.IGNORECASE):
         raise Problem(400, "NUL byte in request")
-    path = request.path
+    # The request line's own bytes: decoding turns `%2F` into a slash, `%23` into `#` and
+    # `%26` into a new parameter, and URL parsing reads `//x?%3F` as a host and re-quotes.
+    if raw.startswith("/"):
+        path, _, query = raw.partition("#")[0].partition("?")
+    else:  # absolute-form (`GET http://host/path`)
+        path, query = request.rel_url.raw_path, request.rel_url.raw_query_string
     if len(path) > 1 and path.endswith("/"):
-        # Collapse leading slashes so the redirect never leaves this host (`//evil.com/`).
-        target = "/" + path.strip("/")
-        if request.query_string:
-            target += "?" + request.query_string
-        raise web.HTTPPermanentRedirect(target)
+        # Not HTTPPermanentRedirect: it re-parses the Location with yarl, which decodes
+        # `%3F` in the query and collapses what was just encoded.
+        return web.Response(status=308, headers={"Location": canonical_location(path, query)})
     return await handler(request)
+
+
+_CODING = re.compile(
+    r"[ \t]*([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]*"
+    r"(?:;[ \t]*[qQ][ \t]*=[ \t]*(0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?))?[ \t]*"
+)
+
+
+def _codings(header: str) -> dict[str, float]:
+    """Accept-Encoding as {coding: qvalue} (RFC 9110 §12.5.3); malformed members say nothing."""
+    weights: dict[str, float] = {}
+    for member in header.split(","):
+        match = _CODING.fullmatch(member)
+        if match is not None:
+            coding = match[1].lower()
+            weight = float(match[2]) if match[2] is not None else 1.0
+            # Listed twice: the lower weight, so a refusal is never overridden.
+            weights[coding] = min(weight, weights.get(coding, weight))
+    return weights
+
+
+def wants_gzip(header: str | None) -> bool:
+    """Whether gzip is acceptable and at least as welcome as identity where the client
+    weighed identity (itself or through `*`). Identity is sent even when refused: a
+    registry read is never a 406."""
+    if header is None:
+        return False  # RFC 9110 allows any coding then, but plain clients (curl) read bytes
+    weights = _codings(header)
+    anything = weights.get("*", 0.0)
+    gzip = weights.get("gzip", weights.get("x-gzip", anything))
+    return gzip > 0 and gzip >= weights.get("identity", anything)
+
+
+_ENTITY_TAG = re.compile(r'(?:[Ww]/)?("[^"]*")|(\*)')
+
+
+def none_match(header: str, etag: str) -> bool:
+    """If-None-Match by the weak comparison (RFC 9110 §13.1.2): `W/"x"` matches `"x"` (a
+    proxy that compressed our response hands the tag back weakened); `*` matches any."""
+    return any(m[2] or m[1] == etag for m in _ENTITY_TAG.finditer(header))
 
 
 @web.middleware
@@ -147,10 +216,10 @@ async def conditional(request: web.Request, handler: Handler) -> web.StreamRespo
     else:
         content_type = "application/json"
     headers = {"ETag": item.etag, "Vary": "Accept-Encoding"}
-    wanted = request.headers.get("If-None-Match", "")
-    if wanted and (wanted.strip() == "*" or item.etag in [t.strip() for t in wanted.split(",")]):
+    wanted = request.headers.get("If-None-Match")
+    if wanted is not None and none_match(wanted, item.etag):
         return web.Response(status=304, headers=headers)
-    if len(item.body) > _COMPRESS_OVER and "gzip" in request.headers.get("Accept-Encoding", ""):
+    if len(item.body) > _COMPRESS_OVER and wants_gzip(request.headers.get("Accept-Encoding")):
         headers["Content-Encoding"] = "gzip"
         return web.Response(body=item.compressed(), headers=headers, content_type=content_type)
     return web.Response(body=item.body, headers=headers, content_type=content_type)

@@ -115,7 +115,7 @@ class TestList:
         body = await response.json(content_type=None)
         assert body["title"] == "Bad Request" and "cursor" in body["detail"]
 
-    @pytest.mark.parametrize("value", ["0", "101", "-1", "ten", "1.5", "", "1_0", "%205", "%D9%A5"])
+    @pytest.mark.parametrize("value", ["0", "101", "-1", "ten", "1.5", "1_0", "%205", "%D9%A5"])
     async def test_limit_outside_1_to_100_is_422(
         self, api: TestClient[Any, Any], value: str
     ) -> None:

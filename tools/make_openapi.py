@@ -25,6 +25,17 @@ Errors are RFC 9457 problem JSON, as the official service returns them. Write op
 answer 405: a mirror is read-only.
 """
 
+# RFC 3339 allows all of these; each gets a 200 (a bound before every stored stamp means
+# everything, after them all nothing), never a 5xx.
+SINCE_EXAMPLES = {
+    "year_0000": "0000-01-01T00:00:00Z",
+    "year_0001_east": "0001-01-01T00:00:00+23:59",
+    "year_9999_west": "9999-12-31T23:59:59.999999999-23:59",
+    "lowercase": "2025-08-07t13:15:04.28z",
+    "long_fraction": "2025-08-07T13:15:04.280000000000000000001Z",
+    "leap_second": "2016-12-31T23:59:60Z",
+}
+
 
 def _refs(node: Any, found: set[str]) -> None:
     if isinstance(node, dict):
@@ -74,6 +85,13 @@ def main(source: str) -> None:
         operation = copy.deepcopy(spec["paths"][f"/v0.1{path}"]["get"])
         _errors(operation, codes)
         for parameter in operation.get("parameters", []):
+            if parameter["in"] == "query":
+                # As on the official service (huma): an empty value is no value (the default).
+                parameter["allowEmptyValue"] = True
+            if parameter["name"] == "updated_since":
+                parameter["examples"] = {
+                    name: {"value": value} for name, value in SINCE_EXAMPLES.items()
+                }
             if parameter["name"] == "limit":  # what the official service enforces (422)
                 parameter["schema"] = {
                     "type": "integer",
@@ -139,6 +157,18 @@ def main(source: str) -> None:
     package = copy.deepcopy(components["Package"])
     package["properties"]["version"].pop("not", None)
     components["Package"] = package
+    # And arguments typed "" and inputs formatted "integer" (5 entries on 2025-12-12).
+    for name in ("PositionalArgument", "NamedArgument"):
+        argument = copy.deepcopy(components[name])
+        argument["allOf"][1]["properties"]["type"].pop("enum", None)
+        argument["description"] += " Served as published upstream: `type` may be another string."
+        components[name] = argument
+    value_input = copy.deepcopy(components["Input"])
+    value_input["properties"]["format"].pop("enum", None)
+    value_input["properties"]["format"]["description"] += (
+        "\n\nServed as published upstream: other values occur."
+    )
+    components["Input"] = value_input
     components["Problem"] = {
         "type": "object",
         "required": ["title", "status"],
