@@ -37,7 +37,8 @@ _PASS_COLUMNS = (
 class ListQuery:
     view: str
     limit: int
-    after: tuple[str, str] | None = None
+    # (name, version): after that position; (name, None): after every version of that name.
+    after: tuple[str, str | None] | None = None
     search: str | None = None
     updated_since: str | None = None
     version: str | None = None
@@ -143,8 +144,13 @@ class Reader:
         where: list[str] = ["s.view = ?"]
         params: list[object] = [q.view]
         if q.after is not None:
-            where.append("(s.name, s.version) > (?, ?)")
-            params += q.after
+            name, version = q.after
+            if version is None:
+                where.append("s.name > ?")
+                params.append(name)
+            else:
+                where.append("(s.name, s.version) > (?, ?)")
+                params += [name, version]
         if not q.include_deleted:
             where.append("s.status != 'deleted'")
         if q.version == "latest":
