@@ -1,10 +1,13 @@
-"""Query forms an aggregator sends: the official registry's cursors (issue #10, property 10)."""
+"""Query forms an aggregator sends: the official registry's cursors, and search that folds case
+for all of Unicode as the official service's ILIKE does (issue #10, properties 10 and 11)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import shutil
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -15,9 +18,13 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from sync.api import _decode_cursor, encode_cursor
 from sync.app import create_app
-from sync.store import Reader
-from tests.fake_upstream import OFFICIAL
-from tests.helpers import build_mirror, mirror_config
+from sync.config import Config
+from sync.engine import Engine
+from sync.metrics import Metrics
+from sync.store import ListQuery, Reader, Store
+from sync.store.schema import MIGRATIONS, fold
+from tests.fake_upstream import OFFICIAL, FakeRegistry
+from tests.helpers import build_mirror, mirror_config, no_sleep
 
 Key = tuple[str, str]
 
@@ -229,3 +236,235 @@ class TestOfficialCursor:
         assert response.status == 400
         body = await response.json(content_type=None)
         assert body["title"] == "Bad Request" and "cursor" in body["detail"]
+
+
+# --- search ----------------------------------------------------------------------------------
+
+
+def simple_lower(text: str) -> str:
+    """The reference: each character's own lowercase, cut to one character (only `İ` has a
+    longer one, `i` + a combining dot), never its neighbours' context."""
+    return "".join(ch.lower()[:1] for ch in text)
+
+
+TERMS = [
+    # the real catalogue
+    "POKÉMON", "FÜR", "ELÉCTRICA", "É", "Ü", "SPOTDB", "GitHub",
+    # inserted entries
+    "été", "ÉTÉ", "été à paris", "ÎLE", "données", "Ж", "журнал", "ЖУРНАЛ", "МОСКВ",
+    "ΟΔΟΣ", "σοφιασ", "οδοσ σοφιασ",
+    "ΑΘΉΝΑΣ", "ΑΘΉΝΑς", "İSTANBUL", "istanbul", "İ", "iğdir", "ǅ", "ǆung", "ǄUNGLA", "𐐨𐐩𐐪", "𐐀",
+    "ꮳꮃꭹ", "ᏣᎳᎩ", "ქართ", "ᲥᲐᲠᲗ", "ｍｃｐ", "ＳＥＲＶＥＲ", "STRASSE", "straße", "STRAẞE",
+    "mixedcase", "QUERY-FORMS/MIXED",
+    # literal substrings: wildcards, escapes and quotes match themselves
+    "%", "0% p", "_", "e_p", "\\", "C:\\T", "'single'", '"double"', "' OR 1=1 --",
+]  # fmt: skip
+
+
+async def matches(reader: Reader, term: str) -> list[Key]:
+    found: list[Key] = []
+    position: tuple[str, str | None] | None = None
+    while True:
+        rows = await reader.list_servers(ListQuery("default", 100, after=position, search=term))
+        found += [(r[0], r[1]) for r in rows[:100]]
+        if len(rows) <= 100:
+            return found
+        position = (rows[99][0], rows[99][1])
+
+
+async def reference(reader: Reader, term: str) -> list[Key]:
+    folded = simple_lower(term)
+    found = []
+    async for name, version, server, meta in reader.export("default"):
+        if json.loads(meta)[OFFICIAL]["status"] == "deleted":
+            continue
+        description = json.loads(server).get("description", "")
+        if folded in simple_lower(name) or folded in simple_lower(description):
+            found.append((name, version))
+    return found
+
+
+async def both_paths(reader: Reader, term: str) -> tuple[list[Key], list[Key], str, str]:
+    """Results and plans with the trigram index forced (for terms of 3+ characters) and with
+    the index-ordered scan forced."""
+    query = ListQuery("default", 30, search=term)
+    reader.search_sort_max = 10**9
+    indexed, indexed_plan = await matches(reader, term), " | ".join(await reader.plan(query))
+    reader.search_sort_max = -1
+    scanned, scanned_plan = await matches(reader, term), " | ".join(await reader.plan(query))
+    return indexed, scanned, indexed_plan, scanned_plan
+
+
+POKEAPI = "io.github.Asthanaji05/pokeapi-mcp-server"
+
+
+class TestFoldedSearch:
+    def test_fold_is_each_characters_simple_lowercase_for_all_of_unicode(self) -> None:
+        """One character for one, whatever its neighbours: every substring of a text stays a
+        substring of its folded form."""
+        every = "".join(chr(c) for c in range(0x110000))
+        for ch in every:
+            assert fold(ch) == simple_lower(ch), hex(ord(ch))
+        assert fold(every) == simple_lower(every)
+        assert fold("ΟΔΟΣ ΣΟΦΙΑΣ") == "οδοσ σοφιασ"  # str.lower() would end words with ς
+        assert fold("İSTANBUL") == "istanbul"  # str.lower() would add a combining dot
+
+    @pytest.mark.parametrize("term", TERMS)
+    async def test_both_paths_fold_case_and_agree(self, forms_db: Path, term: str) -> None:
+        reader = await Reader.open(forms_db, connections=1)
+        try:
+            expected = await reference(reader, term)
+            indexed, scanned, indexed_plan, scanned_plan = await both_paths(reader, term)
+        finally:
+            await reader.close()
+        assert scanned == expected, term
+        assert indexed == expected, term
+        assert "s USING INDEX sqlite_autoindex_served_1" in scanned_plan, scanned_plan
+        assert "TEMP B-TREE" not in scanned_plan, scanned_plan
+        if len(term) >= 3:
+            assert "VIRTUAL TABLE" in indexed_plan, indexed_plan
+
+    @pytest.mark.parametrize(
+        ("term", "found"),
+        [
+            ("DONNÉES", {"aa.query-forms/french"}),
+            ("ж", {"aa.query-forms/russian"}),
+            ("istanbul", {"aa.query-forms/turkish"}),
+            ("ǆ", {"aa.query-forms/digraph"}),
+            ("ꮳꮃꭹ", {"aa.query-forms/cherokee"}),
+            ("𐐨", {"aa.query-forms/deseret"}),
+            ("STRAẞE", {"aa.query-forms/german"}),
+            ("STRASSE", set()),  # lowercase, not case folding: ß is not ss
+            ("POKÉMON", {"ai.smithery/MetehanGZL-pokemcp", POKEAPI}),
+        ],
+    )  # fmt: skip
+    async def test_the_api_finds_every_case(
+        self, api: TestClient[Any, Any], term: str, found: set[str]
+    ) -> None:
+        body = await page(api, f"limit=100&search={quote(term)}")
+        assert {name for name, _ in keys(body)} == found
+
+
+# --- the folded index over a mirror's life ----------------------------------------------------
+
+
+def fts_integrity(path: Path) -> None:
+    """FTS5 checks that its index holds exactly the content table's folded columns."""
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO served_search (served_search, rank) VALUES ('integrity-check', 1)")
+    db.close()
+
+
+def downgrade(path: Path, *, deferred: bool) -> None:
+    """Put a mirror back in the state 0005 finds: 0003's index over the raw columns, or, in a
+    first sync that deferred it, no triggers and the index marked stale."""
+    script = dict(MIGRATIONS)["0003_served_search"]
+    with sqlite3.connect(path) as db:
+        for trigger in ("insert", "update", "delete"):
+            db.execute(f"DROP TRIGGER served_search_{trigger}")
+        db.execute("DROP TABLE served_search")
+        db.execute("ALTER TABLE served DROP COLUMN search_name")
+        db.execute("ALTER TABLE served DROP COLUMN search_description")
+        db.executescript(script)
+        if deferred:
+            for trigger in ("insert", "update", "delete"):
+                db.execute(f"DROP TRIGGER served_search_{trigger}")
+            db.execute(
+                "INSERT INTO settings (key, value) VALUES ('search_index', 'stale') "
+                "ON CONFLICT (key) DO UPDATE SET value = 'stale'"
+            )
+        db.execute("DELETE FROM migrations WHERE name = '0005_served_search_folded'")
+    db.close()
+
+
+class TestMigration:
+    @pytest.mark.parametrize("deferred", [False, True])
+    async def test_an_existing_mirror_is_folded_and_indexed(
+        self, tmp_path: Path, forms_db: Path, deferred: bool
+    ) -> None:
+        path = tmp_path / "old.db"
+        shutil.copy(forms_db, path)
+        downgrade(path, deferred=deferred)
+        store = await Store.open(path)
+        try:
+            assert await store.setting("search_index") == "ready"
+            assert not await store.rebuild_search_index()  # complete and maintained already
+        finally:
+            await store.close()
+        fts_integrity(path)
+        with sqlite3.connect(path) as db:
+            triggers = db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'")
+            assert triggers.fetchone()[0] == 3
+        db.close()
+        old, new = await Reader.open(forms_db, connections=1), await Reader.open(path)
+        try:
+            for term in ("ÉTÉ", "ЖУРНАЛ", "İSTANBUL", "ᏣᎳᎩ", "ＳＥＲＶＥＲ", "0% p", "FÜR"):
+                migrated = await both_paths(new, term)
+                assert migrated[0] and migrated == await both_paths(old, term), term
+        finally:
+            await old.close()
+            await new.close()
+
+
+def hang_on_page(fake: FakeRegistry, number: int) -> asyncio.Event:
+    release = asyncio.Event()
+
+    async def hang(count: int) -> None:
+        if count == number:
+            await release.wait()
+
+    fake.after_page = hang
+    return release
+
+
+class TestWrites:
+    async def test_deferred_first_sync_then_incremental_changes_stay_folded(
+        self,
+        config: Config,
+        store: Store,
+        reader: Reader,
+        fake: FakeRegistry,
+        catalogue: list[dict[str, Any]],
+    ) -> None:
+        """Mid-way through a first sync (index deferred) the scan folds; the index built at
+        its end folds; rows written later by the triggers fold too."""
+        for item in extra_items(catalogue[0]):
+            fake.publish(item["server"])
+        hang_on_page(fake, 4)
+        engine = Engine(config, store, Metrics(), sleep=no_sleep)
+        task = asyncio.create_task(engine.run("official"))
+        query = ListQuery("default", 100, search="ЖУРНАЛ")
+        while not await reader.list_servers(query):
+            await asyncio.sleep(0.01)
+        assert "VIRTUAL TABLE" not in " ".join(await reader.plan(query))
+        assert await matches(reader, "ǄUNGLA") == [("aa.query-forms/digraph", "1.0.0")]
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await engine.close()
+        fake.after_page = None
+
+        await run_pass(config, store)
+        fts_integrity(config.storage.path)
+        indexed, scanned, plan, _ = await both_paths(reader, "ЖУРНАЛ")
+        assert indexed == scanned == [("aa.query-forms/russian", "1.0.0")] and "VIRTUAL" in plan
+
+        template = {**extra_items(catalogue[0])[0]["server"], "name": "aa.query-forms/later"}
+        fake.publish({**template, "version": "9.0.0", "description": "ΝΈΟ ΣΤΟΙΧΕΊΟ"})
+        fake.edit("aa.query-forms/russian", "1.0.0", description="ÜBER ALLES")
+        await run_pass(config, store)
+        fts_integrity(config.storage.path)
+        for term, expected in (
+            ("νέο στοιχείο", [("aa.query-forms/later", "9.0.0")]),
+            ("über", [("aa.query-forms/russian", "1.0.0")]),
+            ("журнал", []),
+        ):
+            indexed, scanned, _, _ = await both_paths(reader, term)
+            assert indexed == scanned == expected, term
+
+
+async def run_pass(config: Config, store: Store) -> None:
+    engine = Engine(config, store, Metrics(), sleep=no_sleep)
+    try:
+        assert (await engine.run("official")).outcome == "ok"
+    finally:
+        await engine.close()
