@@ -105,14 +105,33 @@ def encode_cursor(name: str, version: str) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-def _decode_cursor(text: str) -> tuple[str, str]:
+_BAD_CURSOR = "invalid cursor: pass back metadata.nextCursor unchanged"
+
+
+def _decode_cursor(text: str) -> tuple[str, str | None]:
+    """The position a cursor names, in either of the two forms a client may hold.
+
+    An aggregator moving from the official registry to this mirror keeps its saved cursor, so
+    the official form means what it means there: "name:version", split on the first `:`
+    (names cannot contain one, versions can), is after that version; a bare name is after
+    every version of that name; and it is never rejected. The forms are told apart by
+    construction: every server name contains `/`, which base64url never does, so any cursor
+    with a `/` is official and any other must be one of ours.
+    """
+    if "/" in text:
+        # An unencoded `+` in a version arrives as a space, as it does at the official
+        # service; read as sent, the cursor sorts just before the version the client meant
+        # (` ` < `+`), so the page repeats that item and skips nothing. Turning spaces into
+        # `+` instead would skip rows after versions that really contain a space.
+        name, sep, version = text.partition(":")
+        return (name, version) if sep else (name, None)
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise Problem(400, "invalid cursor: pass back metadata.nextCursor unchanged") from None
+        raise Problem(400, _BAD_CURSOR) from None
     name, sep, version = raw.partition(":")
     if not sep or not name or not re.fullmatch(r"[A-Za-z0-9_-]+", text):
-        raise Problem(400, "invalid cursor: pass back metadata.nextCursor unchanged")
+        raise Problem(400, _BAD_CURSOR)
     return name, version
 
 

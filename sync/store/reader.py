@@ -19,6 +19,7 @@ import aiosqlite
 from sync.errors import StoreError
 from sync.store.queries import select_entries, select_states
 from sync.store.records import PassRecord, QuarantineRecord, StoredEntry, UpstreamState
+from sync.store.schema import fold
 
 __all__ = ["ListQuery", "Reader", "ServedItem"]
 
@@ -37,16 +38,12 @@ _PASS_COLUMNS = (
 class ListQuery:
     view: str
     limit: int
-    after: tuple[str, str] | None = None
+    # (name, version): after that position; (name, None): after every version of that name.
+    after: tuple[str, str | None] | None = None
     search: str | None = None
     updated_since: str | None = None
     version: str | None = None
     include_deleted: bool = False
-
-
-def _like(term: str) -> str:
-    escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
 
 
 def _exists(path: Path) -> bool:
@@ -143,8 +140,13 @@ class Reader:
         where: list[str] = ["s.view = ?"]
         params: list[object] = [q.view]
         if q.after is not None:
-            where.append("(s.name, s.version) > (?, ?)")
-            params += q.after
+            name, version = q.after
+            if version is None:
+                where.append("s.name > ?")
+                params.append(name)
+            else:
+                where.append("(s.name, s.version) > (?, ?)")
+                params += [name, version]
         if not q.include_deleted:
             where.append("s.status != 'deleted'")
         if q.version == "latest":
@@ -162,8 +164,12 @@ class Reader:
         matches = "served s"
         sorted_subset = q.updated_since is not None and small
         if q.search:
-            phrase = '"' + q.search.replace('"', '""') + '"'
-            if len(q.search) >= 3 and await self._rare(phrase):
+            # Both paths compare folded text (see `fold`): the term folded here, the rows when
+            # they were written. A term is a literal substring on both: `%`, `_`, `\` and
+            # quotes match themselves.
+            term = fold(q.search)
+            phrase = '"' + term.replace('"', '""') + '"'
+            if len(term) >= 3 and await self._rare(phrase):
                 # Few matches: let the trigram index find them all, then sort those. CROSS
                 # JOIN fixes the order: otherwise SQLite would probe the index once per row.
                 matches = (
@@ -175,8 +181,8 @@ class Reader:
             else:
                 # Short or common terms: walk the name index and stop at the page's end;
                 # matches are dense, so that end comes soon.
-                where.append("(s.name LIKE ? ESCAPE '\\' OR s.description LIKE ? ESCAPE '\\')")
-                params += [_like(q.search)] * 2
+                where.append("(instr(s.search_name, ?) > 0 OR instr(s.search_description, ?) > 0)")
+                params += [term, term]
         order = "ORDER BY s.name, s.version"
         if not sorted_subset:
             sql = f"{_ITEM} WHERE {' AND '.join(where)} {order} LIMIT ?"

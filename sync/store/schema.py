@@ -7,11 +7,58 @@ from collections.abc import Sequence
 
 import aiosqlite
 
-__all__ = ["MIGRATIONS", "SEARCH_TRIGGERS", "SEARCH_TRIGGER_NAMES", "migrate", "statements"]
+__all__ = [
+    "MIGRATIONS",
+    "SEARCH_TRIGGERS",
+    "SEARCH_TRIGGER_NAMES",
+    "fold",
+    "migrate",
+    "statements",
+]
+
+
+def fold(text: str) -> str:
+    """The case-insensitive form search compares: each character's simple lowercase mapping.
+
+    PostgreSQL's ILIKE, which the official service's search runs, lowercases both sides one
+    character at a time, for all of Unicode (`É` finds `é`, `Ж` finds `ж`). Mapping character
+    by character, never by context, keeps every substring of a text a substring of its folded
+    form, so a term folded alone matches inside a folded description. `str.lower()` is that,
+    except for its two contextual or longer results: a final capital sigma (U+03A3) becomes
+    final sigma (U+03C2) by context, and `İ` (U+0130) becomes `i` + U+0307, two characters.
+    Their simple mappings, sigma (U+03C3) and `i`, keep the fold one character for one, as
+    ILIKE's is.
+    """
+    if text.isascii():
+        return text.lower()
+    return text.replace("\u03a3", "\u03c3").replace("\u0130", "i").lower()
+
 
 # Keep the full-text index in step with `served`. A first full sync runs without them and
-# builds the index once at its end (a bulk rebuild costs a third of row-by-row upkeep).
+# builds the index once at its end (a bulk rebuild costs a third of row-by-row upkeep). The
+# index holds the folded columns, so a trigram of the term folded the same way finds them.
 SEARCH_TRIGGERS = """
+CREATE TRIGGER served_search_insert AFTER INSERT ON served BEGIN
+    INSERT INTO served_search (rowid, search_name, search_description)
+    VALUES (new.id, new.search_name, new.search_description);
+END;
+CREATE TRIGGER served_search_update AFTER UPDATE OF search_name, search_description ON served
+WHEN old.search_name IS NOT new.search_name
+    OR old.search_description IS NOT new.search_description BEGIN
+    INSERT INTO served_search (served_search, rowid, search_name, search_description)
+    VALUES ('delete', old.id, old.search_name, old.search_description);
+    INSERT INTO served_search (rowid, search_name, search_description)
+    VALUES (new.id, new.search_name, new.search_description);
+END;
+CREATE TRIGGER served_search_delete AFTER DELETE ON served BEGIN
+    INSERT INTO served_search (served_search, rowid, search_name, search_description)
+    VALUES ('delete', old.id, old.search_name, old.search_description);
+END;
+"""
+SEARCH_TRIGGER_NAMES = ("served_search_insert", "served_search_update", "served_search_delete")
+
+# The triggers of 0003, over the raw columns: a migration's text never changes once shipped.
+_SEARCH_TRIGGERS_0003 = """
 CREATE TRIGGER served_search_insert AFTER INSERT ON served BEGIN
     INSERT INTO served_search (rowid, name, description)
     VALUES (new.id, new.name, new.description);
@@ -28,7 +75,6 @@ CREATE TRIGGER served_search_delete AFTER DELETE ON served BEGIN
     VALUES ('delete', old.id, old.name, old.description);
 END;
 """
-SEARCH_TRIGGER_NAMES = ("served_search_insert", "served_search_update", "served_search_delete")
 
 MIGRATIONS: Sequence[tuple[str, str]] = (
     (
@@ -147,7 +193,7 @@ MIGRATIONS: Sequence[tuple[str, str]] = (
         );
         INSERT INTO served_search (served_search) VALUES ('rebuild');
         """
-        + SEARCH_TRIGGERS
+        + _SEARCH_TRIGGERS_0003
         + """
         -- Each page commit adds a segment; merging 16 at a time instead of 4 writes about a
         -- third less on a full pass, and queries do not notice.
@@ -168,6 +214,34 @@ MIGRATIONS: Sequence[tuple[str, str]] = (
             name TEXT NOT NULL,
             PRIMARY KEY (upstream, name)
         ) WITHOUT ROWID;
+        """,
+    ),
+    (
+        # Search folds case for all of Unicode, as ILIKE does (SQLite's LIKE and the trigram
+        # tokenizer fold ASCII, or an older Unicode, only): folded copies of the name and the
+        # description, filled by `fold`, and the trigram index over them, case-sensitive so
+        # that it compares exactly what `fold` made. Left complete and maintained, whatever
+        # state a deferred first sync had left it in.
+        "0005_served_search_folded",
+        """
+        DROP TRIGGER IF EXISTS served_search_insert;
+        DROP TRIGGER IF EXISTS served_search_update;
+        DROP TRIGGER IF EXISTS served_search_delete;
+        DROP TABLE served_search;
+        ALTER TABLE served ADD COLUMN search_name TEXT NOT NULL DEFAULT '';
+        ALTER TABLE served ADD COLUMN search_description TEXT NOT NULL DEFAULT '';
+        UPDATE served SET search_name = search_fold(name),
+            search_description = search_fold(description);
+        CREATE VIRTUAL TABLE served_search USING fts5(
+            search_name, search_description, content='served', content_rowid='id',
+            tokenize='trigram case_sensitive 1'
+        );
+        INSERT INTO served_search (served_search) VALUES ('rebuild');
+        """
+        + SEARCH_TRIGGERS
+        + """
+        INSERT INTO served_search (served_search, rank) VALUES ('automerge', 16);
+        UPDATE settings SET value = 'ready' WHERE key = 'search_index';
         """,
     ),
 )
@@ -194,6 +268,8 @@ async def migrate(db: aiosqlite.Connection) -> list[str]:
     await db.commit()
     async with db.execute("SELECT name FROM migrations") as cursor:
         done = {row[0] for row in await cursor.fetchall()}
+    # Migrations compute folded text with the very function the writer uses for new rows.
+    await db.create_function("search_fold", 1, fold, deterministic=True)
     applied = []
     for name, script in MIGRATIONS:
         if name in done:

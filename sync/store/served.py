@@ -8,7 +8,7 @@ import aiosqlite
 
 from sync.store.queries import select_by_names
 from sync.store.records import ExistingServed, ServedRow
-from sync.store.schema import SEARCH_TRIGGER_NAMES, SEARCH_TRIGGERS, statements
+from sync.store.schema import SEARCH_TRIGGER_NAMES, SEARCH_TRIGGERS, fold, statements
 
 __all__ = ["ServedWrites"]
 
@@ -43,7 +43,8 @@ class ServedWrites:
         """Write the rows whose served form changed; each gets a fresh mirror `updatedAt`.
 
         A row's `meta` leaves its first `"{stamp}"` for the mirror time allocated here, so the
-        served bytes are rendered once, at write time, never per request.
+        served bytes are rendered once, at write time, never per request. The folded name and
+        description are computed here too, so that search never folds a row per request.
         """
         writes: list[tuple[object, ...]] = []
         for row in rows:
@@ -63,6 +64,8 @@ class ServedWrites:
                     row.published_ts,
                     stamp,
                     row.description,
+                    fold(row.name),
+                    fold(row.description),
                     row.form,
                     row.meta.replace('"{stamp}"', f'"{stamp}"', 1),
                 )
@@ -70,12 +73,14 @@ class ServedWrites:
         if writes:
             await self._db.executemany(
                 "INSERT INTO served (view, name, version, entry_id, upstream, status, is_latest, "
-                "published_ts, updated_at, description, form, meta) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "published_ts, updated_at, description, search_name, search_description, form, "
+                "meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (view, name, version) DO UPDATE SET entry_id = excluded.entry_id, "
                 "upstream = excluded.upstream, status = excluded.status, "
                 "is_latest = excluded.is_latest, published_ts = excluded.published_ts, "
                 "updated_at = excluded.updated_at, description = excluded.description, "
+                "search_name = excluded.search_name, "
+                "search_description = excluded.search_description, "
                 "form = excluded.form, meta = excluded.meta",
                 writes,
             )
