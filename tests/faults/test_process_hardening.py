@@ -7,12 +7,19 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import structlog
+from aiohttp.test_utils import TestClient, TestServer
 
+from sync.api import CACHE
+from sync.app import create_app
 from tests.cli_helpers import spawn, write_config
+from tests.helpers import mirror_config
 
 NO_UPSTREAM = "http://127.0.0.1:9"
 HANG = 60.0  # seconds: a command still running after this is hung, not slow
@@ -190,3 +197,112 @@ class TestOneLineFailures:
             code, _, err = await finish(await spawn("--config", config, "serve", "--no-sync"))
         assert code == 1
         assert str(port) in one_line(err, logs=True)
+
+
+def other_mirror_like(tmp_path: Path, served_at: Path, mirror_db: Path) -> tuple[Path, str]:
+    """Another mirror, with the size and mtime of the one served at `served_at`: its first
+    server is gone. Returns the file and that server's name."""
+    other = tmp_path / "other.db"
+    shutil.copy(mirror_db, other)
+    with sqlite3.connect(other) as db:
+        [first] = db.execute("SELECT min(name) FROM served").fetchone()
+        db.execute("DELETE FROM served WHERE name = ?", (first,))
+    db.close()
+    stat = served_at.stat()
+    os.utime(other, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (other.stat().st_size, other.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    return other, first
+
+
+async def first_names(client: TestClient[Any, Any]) -> list[str]:
+    response = await client.get("/v0.1/servers?limit=3")
+    assert response.status == 200
+    return [item["server"]["name"] for item in (await response.json())["servers"]]
+
+
+async def until_changed(client: TestClient[Any, Any], before: list[str]) -> list[str]:
+    """Poll (bounded) until the first page differs from `before`; the last page otherwise."""
+    names = before
+    for _ in range(100):
+        names = await first_names(client)
+        if names != before:
+            break
+        await asyncio.sleep(0.1)
+    return names
+
+
+class TestAnotherDatabase:
+    @pytest.mark.parametrize("how", ["os.replace", "delete then copy"])
+    async def test_a_replica_serves_the_database_now_at_its_path(
+        self, tmp_path: Path, mirror_db: Path, how: str
+    ) -> None:
+        """Same size, same mtime, another file: neither the cache nor the open readers may
+        keep answering from the one that left."""
+        path = tmp_path / "mirror.db"
+        shutil.copy(mirror_db, path)
+        client = TestClient(TestServer(create_app(mirror_config(path), sync=False)))
+        await client.start_server()
+        try:
+            before = await first_names(client)
+            assert await first_names(client) == before  # now served from the cache
+            other, gone = other_mirror_like(tmp_path, path, mirror_db)
+            assert before[0] == gone
+            if how == "os.replace":
+                os.replace(other, path)
+            else:
+                stat = other.stat()
+                path.unlink()
+                shutil.copy(other, path)
+                os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+            after = await until_changed(client, before)
+            assert after == before[1:] + after[2:], after
+            assert await first_names(client) == after
+        finally:
+            await client.close()
+
+    async def test_a_syncing_daemon_keeps_its_file_and_says_so(
+        self, tmp_path: Path, mirror_db: Path
+    ) -> None:
+        """The writer holds the old file (and the lock): the daemon does not switch under it,
+        caches nothing from a file that is no longer at the path, and asks for a restart."""
+        path = tmp_path / "mirror.db"
+        shutil.copy(mirror_db, path)
+        client = TestClient(TestServer(create_app(mirror_config(path), sync=True)))
+        with structlog.testing.capture_logs() as events:
+            await client.start_server()
+            try:
+                before = await first_names(client)
+                other, _ = other_mirror_like(tmp_path, path, mirror_db)
+                os.replace(other, path)
+                for _ in range(100):
+                    if any(e["event"] == "store.replaced" for e in events):
+                        break
+                    await asyncio.sleep(0.1)
+                assert await first_names(client) == before
+                assert client.app is not None and client.app[CACHE].get("/x") is None
+            finally:
+                await client.close()
+        [replaced] = [e for e in events if e["event"] == "store.replaced"]
+        assert replaced["action"] == "restart to serve it" and replaced["path"] == str(path)
+
+    async def test_a_deleted_database_is_served_from_the_open_file(
+        self, tmp_path: Path, mirror_db: Path
+    ) -> None:
+        path = tmp_path / "mirror.db"
+        shutil.copy(mirror_db, path)
+        client = TestClient(TestServer(create_app(mirror_config(path), sync=False)))
+        with structlog.testing.capture_logs() as events:
+            await client.start_server()
+            try:
+                before = await first_names(client)
+                path.unlink()
+                for _ in range(100):
+                    if any(e["event"] == "store.replaced" for e in events):
+                        break
+                    await asyncio.sleep(0.1)
+                assert await first_names(client) == before
+                assert client.app is not None and client.app[CACHE].get("/x") is None
+            finally:
+                await client.close()
+        [replaced] = [e for e in events if e["event"] == "store.replaced"]
+        assert replaced["action"] == "no database at the path"
