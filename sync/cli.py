@@ -18,10 +18,9 @@ import threading
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import structlog
-from aiohttp import web
 
 from sync import __version__
 from sync.app import create_app
@@ -32,9 +31,12 @@ from sync.errors import ConfigError, StoreError
 from sync.explain import explain, render
 from sync.logs import configure_logging
 from sync.metrics import Metrics
+from sync.server import serve
 from sync.store import PassCounts, Reader, Store, records
 
 __all__ = ["main"]
+
+T = TypeVar("T")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,7 +106,9 @@ def _command(args: argparse.Namespace) -> int:
     except (StoreError, CommandFailed) as exc:
         return _fail(str(exc))
     except sqlite3.Error as exc:
-        return _fail(f"{path}: {exc}")
+        # SQLite may quote a whole damaged row: the line stays a line.
+        text = str(exc)
+        return _fail(f"{path}: {text[:300]}{'…' if len(text) > 300 else ''}")
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         return _fail(f"{where}{exc.strerror or exc}")
@@ -138,11 +142,11 @@ def _threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.is_alive() and not t.daemon}
 
 
-def _run(command: Coroutine[Any, Any, int]) -> int:
+def _run(command: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(_settled(command))
 
 
-async def _settled(command: Coroutine[Any, Any, int]) -> int:
+async def _settled(command: Coroutine[Any, Any, T]) -> T:
     """Run `command`, then let the store's connection threads finish on a live loop.
 
     aiosqlite closes a connection on its own thread and reports back to the loop, and a failed
@@ -218,14 +222,7 @@ def _serve(config: Config, *, sync: bool) -> int:
         sync=sync,
         version=__version__,
     )
-    web.run_app(
-        create_app(config, sync=sync),
-        host=config.api.host,
-        port=config.api.port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=config.api.stop_grace + 5,
-    )
+    _run(serve(create_app(config, sync=sync), config.api))
     log.info("serve.stopped")
     return 0
 

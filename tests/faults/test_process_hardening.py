@@ -5,20 +5,24 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import shutil
+import signal
 import socket
 import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import structlog
 from aiohttp.test_utils import TestClient, TestServer
 
 from sync.api import CACHE
 from sync.app import create_app
-from tests.cli_helpers import spawn, write_config
+from sync.server import ACCEPT_LOG_INTERVAL, FD_RESERVE
+from tests.cli_helpers import free_port, spawn, write_config
 from tests.helpers import mirror_config
 
 NO_UPSTREAM = "http://127.0.0.1:9"
@@ -196,7 +200,8 @@ class TestOneLineFailures:
             config.write_text(config.read_text() + f"[api]\nport = {port}\n")
             code, _, err = await finish(await spawn("--config", config, "serve", "--no-sync"))
         assert code == 1
-        assert str(port) in one_line(err, logs=True)
+        line = one_line(err, logs=True)
+        assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in line
 
 
 def other_mirror_like(tmp_path: Path, served_at: Path, mirror_db: Path) -> tuple[Path, str]:
@@ -306,3 +311,257 @@ class TestAnotherDatabase:
                 await client.close()
         [replaced] = [e for e in events if e["event"] == "store.replaced"]
         assert replaced["action"] == "no database at the path"
+
+
+# --- slow and idle clients against a real `serve` process -------------------------------
+
+
+@pytest.fixture
+def many_fds() -> None:
+    """This process opens thousands of sockets: its own soft limit goes up to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4000:
+        pytest.skip(f"the hard file-descriptor limit ({hard}) is too low for this case")
+    if soft < 4000:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Served:
+    """A `serve --no-sync` child on a copy of the catalogue, its stderr collected as it comes."""
+
+    def __init__(self, process: asyncio.subprocess.Process, port: int) -> None:
+        self.process = process
+        self.port = port
+        self.lines: list[str] = []
+        assert process.stderr is not None
+        self._drain = asyncio.create_task(self._collect(process.stderr))
+
+    async def _collect(self, stream: asyncio.StreamReader) -> None:
+        async for line in stream:
+            self.lines.append(line.decode())
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        logged = [json.loads(line) for line in self.lines if line.startswith("{")]
+        return [e for e in logged if e.get("event") == name]
+
+    async def get(self, path: str = "/v0.1/servers?limit=5") -> int:
+        """One ordinary request on a fresh connection; a hang counts as a failure (0)."""
+        timeout = aiohttp.ClientTimeout(total=10)
+        try:
+            async with (
+                aiohttp.ClientSession(
+                    timeout=timeout, connector=aiohttp.TCPConnector(force_close=True)
+                ) as client,
+                client.get(f"http://127.0.0.1:{self.port}{path}") as response,
+            ):
+                await response.read()
+                return response.status
+        except (aiohttp.ClientError, TimeoutError):
+            return 0
+
+    async def stop(self) -> int:
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.wait_for(self.process.wait(), HANG)
+        except TimeoutError:
+            self.process.kill()
+            code = await self.process.wait()
+        await self._drain
+        return code
+
+
+async def serve_mirror(
+    tmp_path: Path, mirror_db: Path, api: str, *, fds: int | None = None
+) -> Served:
+    config = mirror_at(tmp_path, mirror_db)
+    port = free_port()
+    config.write_text(config.read_text() + f"[api]\nport = {port}\n{api}")
+
+    def low_fd_limit() -> None:
+        assert fds is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (fds, fds))
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sync",
+        "--config",
+        str(config),
+        "serve",
+        "--no-sync",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        preexec_fn=low_fd_limit if fds else None,
+    )
+    served = Served(process, port)
+    for _ in range(200):
+        if await served.get("/healthz") == 200:
+            return served
+        await asyncio.sleep(0.05)
+    await served.stop()
+    pytest.fail("serve did not start: " + "".join(served.lines)[-2000:])
+
+
+class SlowClients:
+    """Connections that never complete a request head: connect-only, a partial request line,
+    and partial headers trickled one line every half second (slowloris)."""
+
+    PARTIAL = (b"", b"GET /v0.1/servers HT", b"GET /v0.1/servers HTTP/1.1\r\nHost: x\r\n")
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.writers: list[asyncio.StreamWriter] = []
+        self.closed_by_server = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def open(self, count: int) -> int:
+        """Open `count` connections; returns how many the server's side accepted at all."""
+        gate = asyncio.Semaphore(300)
+
+        async def connect(i: int) -> None:
+            async with gate:
+                try:
+                    reader, writer = await asyncio.wait_for(
+                        asyncio.open_connection("127.0.0.1", self.port), 3
+                    )
+                except (OSError, TimeoutError):
+                    return
+            self.writers.append(writer)
+            partial = self.PARTIAL[i % 3]
+            if partial:
+                writer.write(partial)
+            task = asyncio.create_task(self._until_closed(reader, writer, trickle=i % 3 == 2))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        await asyncio.gather(*(connect(i) for i in range(count)))
+        return len(self.writers)
+
+    async def _until_closed(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, trickle: bool
+    ) -> None:
+        while True:
+            try:
+                data = await asyncio.wait_for(reader.read(1024), 0.5)
+            except TimeoutError:
+                if trickle and not writer.is_closing():
+                    writer.write(b"X-Slow: 1\r\n")
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self.closed_by_server += 1
+                return
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for writer in self.writers:
+            writer.close()
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.mark.usefixtures("many_fds")
+class TestSlowClients:
+    async def test_1500_slow_clients_leave_ordinary_requests_answered(
+        self, tmp_path: Path, mirror_db: Path
+    ) -> None:
+        """A daemon with the common 1,024-descriptor limit, 1,500 slowloris connections, and
+        a header timeout long enough not to help: the connection bound and the eviction of the
+        longest-waiting connection keep a way in for ordinary clients."""
+        served = await serve_mirror(tmp_path, mirror_db, 'header_timeout = "5m"\n', fds=1024)
+        slow = SlowClients(served.port)
+        try:
+            connected = await slow.open(1500)
+            statuses = [await served.get() for _ in range(20)]
+            still_open = connected - slow.closed_by_server
+            descriptors = open_fds(served.process.pid)
+        finally:
+            slow.close()
+            code = await served.stop()
+        assert statuses == [200] * 20
+        assert connected == 1500
+        [lowered] = served.events("serve.max_connections_lowered")
+        allowed = lowered["allowed"]
+        assert allowed == 1024 - FD_RESERVE
+        assert still_open <= allowed and descriptors < 1024
+        assert code == 0
+        [stopped] = served.events("serve.connections")
+        assert stopped["evicted"] >= 1500 - allowed
+
+    async def test_heads_that_never_complete_and_idle_keep_alives_are_closed(
+        self, tmp_path: Path, mirror_db: Path
+    ) -> None:
+        """However they trickle, connections without a complete head within `header_timeout`
+        are closed, as are keep-alive connections left idle; a client that keeps asking is
+        answered on its one connection throughout."""
+        served = await serve_mirror(tmp_path, mirror_db, "header_timeout = 2\n")
+        slow = SlowClients(served.port)
+        try:
+            assert await slow.open(300) == 300
+            idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", served.port)
+            idle_writer.write(b"GET /v0.1/servers?limit=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            await idle_reader.readuntil(b"\r\n\r\n")
+            async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=1),
+                timeout=aiohttp.ClientTimeout(total=10),
+            ) as client:
+                url = f"http://127.0.0.1:{served.port}/v0.1/servers?limit=1"
+                busy = []
+                for _ in range(100):
+                    async with client.get(url) as response:
+                        await response.read()
+                        busy.append(response.status)
+                    if slow.closed_by_server == 300:
+                        break
+                    await asyncio.sleep(0.2)
+            idle_closed = await asyncio.wait_for(idle_reader.read(), HANG)
+        finally:
+            slow.close()
+            code = await served.stop()
+        assert slow.closed_by_server == 300
+        assert set(busy) == {200} and len(busy) >= 10  # > header_timeout of asking
+        assert b"HTTP/1.1 200" not in idle_closed  # closed, not answered again
+        assert code == 0
+        [stopped] = served.events("serve.connections")
+        assert stopped["timed_out"] >= 301
+
+    async def test_failed_accepts_are_logged_once_per_interval_and_the_server_recovers(
+        self, tmp_path: Path, mirror_db: Path
+    ) -> None:
+        """Descriptors run out under the daemon (its limit lowered below what it planned for):
+        asyncio's accept fails and retries every second; the log gets one aggregated line per
+        interval, not a traceback per attempt, and ordinary requests return once slow clients
+        go."""
+        served = await serve_mirror(tmp_path, mirror_db, "header_timeout = 3\n")
+        pid = served.process.pid
+        room = open_fds(pid) + 20
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (room, room))
+        slow = SlowClients(served.port)
+        started = asyncio.get_running_loop().time()
+        try:
+            await slow.open(400)
+            await asyncio.sleep(5)  # keep the pressure on for several accept retries
+        finally:
+            slow.close()
+        recovered = 0
+        for _ in range(50):
+            recovered = await served.get()
+            if recovered == 200:
+                break
+            await asyncio.sleep(0.2)
+        code = await served.stop()
+        elapsed = asyncio.get_running_loop().time() - started
+        assert recovered == 200
+        assert code == 0
+        stderr = "".join(served.lines)
+        assert "Traceback" not in stderr and "out of system resource" not in stderr
+        failures = served.events("http.accept_failed")
+        attempts = sum(e["count"] for e in failures)
+        assert failures and failures[0]["error"] == "EMFILE"
+        assert len(failures) <= 2 + elapsed // ACCEPT_LOG_INTERVAL
+        assert attempts > len(failures), failures
