@@ -181,7 +181,6 @@ class _AcceptFailures:
 
     def _shed(self) -> None:
         self._shedding = False
-        self.listener_closed = False
         self._guard.shed()
 
     def report(self) -> None:
