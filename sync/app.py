@@ -7,7 +7,9 @@ switched the file to WAL; on stop the scheduler lets a running page commit first
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import warnings
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -17,9 +19,10 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from sync.api import CACHE, CLOCK, CONFIG, METRICS, READER, VIEW, add_routes
-from sync.cache import ResponseCache
+from sync.cache import ResponseCache, file_id
 from sync.config import DEFAULT_VIEW, Config
 from sync.engine import Clock, Engine
+from sync.errors import StoreError
 from sync.metrics import Metrics
 from sync.middleware import middlewares
 from sync.ops import add_ops_routes
@@ -45,13 +48,78 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         await store.close()
 
 
+# How often a replica looks for another database file at its path, and how long replaced
+# readers stay open for the requests that were already using them.
+FOLLOW_EVERY = 1.0
+_RETIRE_AFTER = 30.0
+
+
 async def _reader_ctx(app: web.Application) -> AsyncIterator[None]:
-    reader = await Reader.open(app[CONFIG].storage.path)
-    app[READER] = reader
+    path, cache = app[CONFIG].storage.path, app[CACHE]
+    identity = file_id(path)
+    app[READER] = await Reader.open(path)
+    cache.bind(identity)
+    retired: list[tuple[float, Reader]] = []
+    follower = asyncio.create_task(_follow(app, retired))
     try:
         yield
     finally:
-        await reader.close()
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+        for _, reader in retired:
+            await reader.close()
+        await app[READER].close()
+
+
+async def _follow(app: web.Application, retired: list[tuple[float, Reader]]) -> None:
+    """Notice another database file at the store's path (a restore, an `os.replace` of a freshly
+    built mirror): open connections keep reading the old file, whatever the path now holds.
+
+    A replica (`serve --no-sync`) opens readers on the new file and retires the old ones once
+    the requests using them are done; the response cache, bound to the file the readers serve,
+    caches nothing in between. A daemon that writes the file keeps it (its writer holds the old
+    file and the lock) and says that it needs a restart.
+    """
+    path, cache = app[CONFIG].storage.path, app[CACHE]
+    loop = asyncio.get_running_loop()
+    reported: object = cache.bound
+    while True:
+        await asyncio.sleep(FOLLOW_EVERY)
+        while retired and retired[0][0] <= loop.time():
+            await retired.pop(0)[1].close()
+        identity = file_id(path)
+        if identity == cache.bound:
+            continue
+        if identity is None or STORE in app:
+            if identity != reported:
+                reported = identity
+                log.warning(
+                    "store.replaced",
+                    path=str(path),
+                    serving="the file opened at start",
+                    action="no database at the path" if identity is None else "restart to serve it",
+                )
+            continue
+        try:
+            fresh = await Reader.open(path)
+        except StoreError as exc:
+            if identity != reported:
+                reported = identity
+                log.warning(
+                    "store.replaced", path=str(path), action="cannot open it", error=str(exc)
+                )
+            continue
+        old = app[READER]
+        # Handlers look the readers up per request, so swapping the value is what makes every
+        # later request read the new file; aiohttp only frowns on changing a started app.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            app[READER] = fresh
+        cache.bind(identity)
+        reported = identity
+        retired.append((loop.time() + _RETIRE_AFTER, old))
+        log.info("store.reopened", path=str(path))
 
 
 async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -1,8 +1,12 @@
 """Rendered read responses, kept while the store is unchanged.
 
 A mirror serves the same pages to many clients between syncs. The store changes only when
-the writer commits, and every commit writes the WAL file: its size and mtime (one stat call,
-no query) tell whether what is cached is still the store's content. Bounded in bytes.
+the writer commits, and every commit writes the WAL file: the identity, size and mtime of the
+database and WAL files (two stat calls, no query) tell whether what is cached is still the
+store's content. Identity matters as much as content: a database replaced under the daemon
+(`os.replace` of another mirror, a restore) may well have the same size and mtime. The cache is
+bound to the database file the readers have open, and caches nothing while the path holds
+another file (or none). Bounded in bytes.
 """
 
 from __future__ import annotations
@@ -14,9 +18,20 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CachedBody", "ResponseCache"]
+__all__ = ["CachedBody", "FileId", "ResponseCache", "file_id"]
 
 _BIGGEST = 1 << 20  # one response over this is not worth a slot
+
+FileId = tuple[int, int]  # (st_dev, st_ino): which file, whatever its content
+
+
+def file_id(path: Path) -> FileId | None:
+    """The identity of the file at `path` now, or None when there is none."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 @dataclass(slots=True)
@@ -33,11 +48,32 @@ class CachedBody:
 
 class ResponseCache:
     def __init__(self, store: Path, max_bytes: int) -> None:
+        self._store = store
         self._files = (store, Path(f"{store}-wal"))
         self._max = max_bytes
         self._items: OrderedDict[str, CachedBody] = OrderedDict()
         self._size = 0
         self._version: tuple[int, ...] = ()
+        self._bound = file_id(store)
+        self._foreign = False
+
+    @property
+    def bound(self) -> FileId | None:
+        """The database file whose responses this cache holds."""
+        return self._bound
+
+    def bind(self, identity: FileId | None) -> None:
+        """Readers now serve the file `identity` (taken before they opened it: if another file
+        took the path in between, the two differ and nothing is cached)."""
+        self._bound = identity
+        self._clear(())
+
+    def _clear(self, version: tuple[int, ...]) -> None:
+        self._items.clear()
+        self._size = 0
+        self._version = version
+        # No database at the path reads as (0, 0): never a bound identity.
+        self._foreign = version[:2] != self._bound
 
     def _current(self) -> tuple[int, ...]:
         version: list[int] = []
@@ -45,17 +81,17 @@ class ResponseCache:
             try:
                 stat = os.stat(path)
             except FileNotFoundError:
-                version += [0, 0]
+                version += [0, 0, 0, 0]
             else:
-                version += [stat.st_mtime_ns, stat.st_size]
+                version += [stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size]
         return tuple(version)
 
     def get(self, key: str) -> CachedBody | None:
         version = self._current()
         if version != self._version:
-            self._items.clear()
-            self._size = 0
-            self._version = version
+            self._clear(version)
+            return None
+        if self._foreign:
             return None
         item = self._items.get(key)
         if item is not None:
@@ -64,7 +100,7 @@ class ResponseCache:
 
     def put(self, key: str, body: bytes) -> CachedBody:
         item = CachedBody(body, '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"')
-        if self._max <= 0 or len(body) > min(_BIGGEST, self._max):
+        if self._foreign or self._max <= 0 or len(body) > min(_BIGGEST, self._max):
             return item
         old = self._items.pop(key, None)
         if old is not None:

@@ -1,17 +1,26 @@
-"""The `subregistry` command: argparse, then asyncio.run. Nothing imports this module."""
+"""The `subregistry` command: argparse, then asyncio.run. Nothing imports this module.
+
+Every command fails the same way: one `subregistry: …` line on stderr and a non-zero exit,
+whatever broke (the configuration, the store, the filesystem, the output), and it never hangs:
+every store it opens is closed on every path, and a connection thread left behind by a bug
+cannot keep the process alive after its result is decided.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
+import sqlite3
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import structlog
-from aiohttp import web
 
 from sync import __version__
 from sync.app import create_app
@@ -22,9 +31,12 @@ from sync.errors import ConfigError, StoreError
 from sync.explain import explain, render
 from sync.logs import configure_logging
 from sync.metrics import Metrics
+from sync.server import serve
 from sync.store import PassCounts, Reader, Store, records
 
 __all__ = ["main"]
+
+T = TypeVar("T")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,32 +65,125 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class CommandFailed(Exception):
+    """A command cannot do its work; the message is the whole story for the operator."""
+
+
+# A closed connection's thread ends within milliseconds; only a leaked one outlives this.
+_SETTLE_SECONDS = 2.0
+_SIGPIPE_EXIT = 128 + 13  # what a shell reports for a filter killed by SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    before = _threads()
+    code = _command(args)
+    if _threads() - before:
+        # A store connection left open (a bug) would keep the interpreter waiting for its
+        # thread forever; the command's outcome is already decided and reported.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _command(args: argparse.Namespace) -> int:
+    path: Path | None = None
     try:
         config = load_config(args.config)
         configure_logging(config.logging)
-        if args.command == "sync":
-            return asyncio.run(_sync(config, full=args.full, only=args.upstream))
-        if args.command == "serve":
-            return _serve(config, sync=not args.no_sync)
-        if args.command == "status":
-            return asyncio.run(_status(config, as_json=args.json, out=sys.stdout))
-        if args.command == "reapply":
-            return asyncio.run(_reapply(config))
-        if args.command == "explain":
-            return asyncio.run(_explain(config, args.name, args.version, as_json=args.json))
-        if args.command == "export":
-            return asyncio.run(_export(config, args.output))
+        path = config.storage.path
+        code = _dispatch(args, config)
+        # A reader that closed our pipe shows here, not in the interpreter's last flush.
+        sys.stdout.flush()
+        return code
     except ConfigError as exc:
-        print(f"subregistry: {exc}", file=sys.stderr)
-        return 2
-    except StoreError as exc:
-        print(f"subregistry: {exc}", file=sys.stderr)
-        return 1
+        return _fail(str(exc), 2)
+    except BrokenPipeError:
+        # Python's advice: point stdout at devnull so that the final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return _SIGPIPE_EXIT
+    except (StoreError, CommandFailed) as exc:
+        return _fail(str(exc))
+    except sqlite3.Error as exc:
+        # SQLite may quote a whole damaged row: the line stays a line.
+        text = str(exc)
+        return _fail(f"{path}: {text[:300]}{'…' if len(text) > 300 else ''}")
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(f"{where}{exc.strerror or exc}")
     except KeyboardInterrupt:
         return 130
+
+
+def _dispatch(args: argparse.Namespace, config: Config) -> int:
+    if args.command == "sync":
+        return _run(_sync(config, full=args.full, only=args.upstream))
+    if args.command == "serve":
+        return _serve(config, sync=not args.no_sync)
+    if args.command == "status":
+        return _run(_status(config, as_json=args.json, out=sys.stdout))
+    if args.command == "reapply":
+        return _run(_reapply(config))
+    if args.command == "explain":
+        return _run(_explain(config, args.name, args.version, as_json=args.json))
+    if args.command == "export":
+        return _run(_export(config, args.output))
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"subregistry: {message}", file=sys.stderr)
+    return code
+
+
+def _threads() -> set[threading.Thread]:
+    """Live threads that would keep the interpreter from exiting."""
+    return {t for t in threading.enumerate() if t.is_alive() and not t.daemon}
+
+
+def _run(command: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(_settled(command))
+
+
+async def _settled(command: Coroutine[Any, Any, T]) -> T:
+    """Run `command`, then let the store's connection threads finish on a live loop.
+
+    aiosqlite closes a connection on its own thread and reports back to the loop, and a failed
+    open closes without being awaited: were the loop gone by then, the thread would print an
+    "Event loop is closed" traceback.
+    """
+    before = _threads()
+    try:
+        return await command
+    finally:
+        loop = asyncio.get_running_loop()
+        await loop.shutdown_default_executor()
+        deadline = loop.time() + _SETTLE_SECONDS
+        # Threads offer nothing to await: poll them, briefly.
+        while _threads() - before and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+
+@asynccontextmanager
+async def _reading(config: Config) -> AsyncIterator[Reader]:
+    reader = await Reader.open(config.storage.path, connections=1)
+    try:
+        yield reader
+    finally:
+        await reader.close()
+
+
+@asynccontextmanager
+async def _writing(config: Config, *, existing: bool = False) -> AsyncIterator[Store]:
+    path = config.storage.path
+    if existing and not path.exists():
+        raise CommandFailed(f"no mirror at {path} (run a sync first)")
+    store = await Store.open(path)
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 def _progress(upstream: str, counts: PassCounts) -> None:
@@ -90,21 +195,21 @@ def _progress(upstream: str, counts: PassCounts) -> None:
 
 async def _sync(config: Config, *, full: bool, only: str | None) -> int:
     names = [config.upstream(only).name] if only else [u.name for u in config.upstreams]
-    store = await Store.open(config.storage.path)
-    engine = Engine(config, store, Metrics(), progress=_progress if sys.stderr.isatty() else None)
-    try:
-        await engine.startup()
-        failed = False
-        for name in names:
-            result = await engine.run(name, full=full, ignore_circuit=True)
-            if sys.stderr.isatty():
-                sys.stderr.write("\r\033[K")
-            print(result.summary(), flush=True)
-            failed |= result.outcome != "ok"
-        return 1 if failed else 0
-    finally:
-        await engine.close()
-        await store.close()
+    async with _writing(config) as store:
+        progress = _progress if sys.stderr.isatty() else None
+        engine = Engine(config, store, Metrics(), progress=progress)
+        try:
+            await engine.startup()
+            failed = False
+            for name in names:
+                result = await engine.run(name, full=full, ignore_circuit=True)
+                if sys.stderr.isatty():
+                    sys.stderr.write("\r\033[K")
+                print(result.summary(), flush=True)
+                failed |= result.outcome != "ok"
+            return 1 if failed else 0
+        finally:
+            await engine.close()
 
 
 def _serve(config: Config, *, sync: bool) -> int:
@@ -117,21 +222,13 @@ def _serve(config: Config, *, sync: bool) -> int:
         sync=sync,
         version=__version__,
     )
-    web.run_app(
-        create_app(config, sync=sync),
-        host=config.api.host,
-        port=config.api.port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=config.api.stop_grace + 5,
-    )
+    _run(serve(create_app(config, sync=sync), config.api))
     log.info("serve.stopped")
     return 0
 
 
 async def _status(config: Config, *, as_json: bool, out: TextIO) -> int:
-    reader = await Reader.open(config.storage.path, connections=1)
-    try:
+    async with _reading(config) as reader:
         states = await reader.upstream_states()
         held = await reader.held()
         quarantine = await reader.quarantine()
@@ -176,8 +273,6 @@ async def _status(config: Config, *, as_json: bool, out: TextIO) -> int:
                     ],
                 }
             )
-    finally:
-        await reader.close()
     if as_json:
         json.dump(report, out, indent=2)
         out.write("\n")
@@ -204,26 +299,24 @@ async def _status(config: Config, *, as_json: bool, out: TextIO) -> int:
 
 
 async def _reapply(config: Config) -> int:
-    store = await Store.open(config.storage.path)
-    try:
+    async with _writing(config, existing=True) as store:
         names, changed = await Curator(config, store, Metrics()).reapply()
-    finally:
-        await store.close()
     print(f"reapplied rules to {names} servers: {changed} served rows changed")
     return 0
 
 
 async def _explain(config: Config, name: str, version: str | None, *, as_json: bool) -> int:
-    reader = await Reader.open(config.storage.path, connections=1)
-    try:
+    async with _reading(config) as reader:
         entries = await reader.entries_for([name])
         wanted = version or "latest"
         row = await reader.version(DEFAULT_VIEW, name, wanted, include_deleted=True)
-    finally:
-        await reader.close()
     if not entries:
-        print(f"subregistry: no upstream holds {name!r}", file=sys.stderr)
-        return 1
+        raise CommandFailed(f"no upstream holds {name!r}")
+    if version is not None and all(e.version != version for e in entries):
+        held = len({e.version for e in entries})
+        raise CommandFailed(
+            f"no upstream holds {name!r} version {version!r} ({held} other versions held)"
+        )
     report = explain(config, entries, version)
     served = {"server": json.loads(row[2]), "_meta": json.loads(row[3])} if row else None
     if as_json:
@@ -234,17 +327,28 @@ async def _explain(config: Config, name: str, version: str | None, *, as_json: b
 
 
 async def _export(config: Config, output: Path | None) -> int:
-    reader = await Reader.open(config.storage.path, connections=1)
-    stream = output.open("w", encoding="utf-8") if output else sys.stdout
+    # The output opens first: a path that cannot be written fails before the store is touched.
     try:
-        count = 0
-        stream.write('{"servers":[')
-        async for _, _, server, meta in reader.export(DEFAULT_VIEW):
-            stream.write(("," if count else "") + f'{{"server":{server},"_meta":{meta}}}')
-            count += 1
-        stream.write(f'],"metadata":{{"count":{count}}}}}\n')
-    finally:
-        await reader.close()
+        stream = output.open("w", encoding="utf-8") if output else sys.stdout
+    except OSError as exc:
+        raise CommandFailed(f"cannot write {output}: {exc.strerror}") from None
+    try:
+        async with _reading(config) as reader:
+            count = 0
+            stream.write('{"servers":[')
+            async for _, _, server, meta in reader.export(DEFAULT_VIEW):
+                stream.write(("," if count else "") + f'{{"server":{server},"_meta":{meta}}}')
+                count += 1
+            stream.write(f'],"metadata":{{"count":{count}}}}}\n')
         if output:
             stream.close()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise CommandFailed(f"cannot write {output or 'standard output'}: {exc.strerror}") from None
+    finally:
+        if output and not stream.closed:
+            # After a failure: the close's own error must not replace the first one.
+            with suppress(OSError):
+                stream.close()
     return 0

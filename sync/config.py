@@ -199,6 +199,12 @@ class ApiConfig(_Frozen):
     base_path: str = ""
     stop_grace: Duration = 30.0
     cache_mb: float = Field(default=64.0, ge=0, description="rendered responses kept; 0 = off")
+    header_timeout: Duration = Field(
+        default=10.0, gt=0, description="a connection waiting this long for a request head closes"
+    )
+    max_connections: int = Field(
+        default=1000, ge=1, description="open client connections; more evict the longest-waiting"
+    )
 
     @field_validator("base_path")
     @classmethod

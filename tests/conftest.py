@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,13 @@ async def reader(config: Config, store: Store) -> AsyncIterator[Reader]:
         yield opened
     finally:
         await opened.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tool_storage_outside_the_tree(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Hypothesis (in this process and in `st` children) keeps its files in a temporary
+    directory: a test run writes nothing into the working tree."""
+    os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = str(tmp_path_factory.mktemp("hypothesis"))
 
 
 @pytest.fixture(autouse=True)

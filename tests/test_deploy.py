@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sync.config import config_from_mapping
 from sync.metrics import Metrics
+from sync.server import FD_RESERVE
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
 YAML_FILES = sorted(p for p in DEPLOY.rglob("*.y*ml"))
@@ -175,3 +176,27 @@ def test_alerts_and_dashboard_use_only_exported_series() -> None:
 
     # The dashboard shows every series the daemon exports.
     assert {base(n) for n in exported} == {base(n) for n in referenced_series(exprs)}
+
+
+def test_file_descriptor_limits_fit_the_connection_bound() -> None:
+    """Each kit grants the descriptors its configuration's connection bound needs."""
+
+    def needed(toml: str) -> int:
+        return config_from_mapping(tomllib.loads(toml)).api.max_connections + FD_RESERVE
+
+    # The unit runs config/example.toml (its install note copies it).
+    unit = (DEPLOY / "systemd/subregistry.service").read_text()
+    [limit] = re.findall(r"^LimitNOFILE=(\d+)$", unit, re.M)
+    example = (DEPLOY.parent / "config/example.toml").read_text()
+    assert needed(example) <= int(limit)
+
+    compose: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    nofile = compose["services"]["subregistry"]["ulimits"]["nofile"]
+    image_config = (DEPLOY / "container/subregistry.toml").read_text()
+    assert needed(image_config) <= min(nofile["soft"], nofile["hard"])
+
+    docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "subregistry.yaml").read_text()))
+    [configmap] = [d for d in docs if d["kind"] == "ConfigMap"]
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    documented = deployment["spec"]["template"]["metadata"]["annotations"]["subregistry/min-nofile"]
+    assert needed(configmap["data"]["subregistry.toml"]) == int(documented)
