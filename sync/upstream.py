@@ -31,7 +31,8 @@ from sync.errors import (
     UpstreamUnavailable,
 )
 from sync.metrics import Metrics
-from sync.wire import MalformedPage, Page, parse_page, salvage_page
+from sync.salvage import ENDS, salvage_page
+from sync.wire import MalformedPage, Page, parse_page
 
 __all__ = ["Fetched", "UpstreamClient", "parse_retry_after"]
 
@@ -39,7 +40,6 @@ Sleep = Callable[[float], Awaitable[None]]
 _MAX_REDIRECTS = 5
 _RETRY_AFTER_CAP = 600.0
 _PENALTY_CAP = 60.0
-_ENDS = 64 * 1024  # bytes kept from each end of a single entry too large to read
 _SALVAGE_FACTOR = 16  # past this many times the cap, even one entry is not read to its end
 
 
@@ -246,14 +246,14 @@ class UpstreamClient:
 
     async def _salvage(self, response: aiohttp.ClientResponse, head: bytes, size: int) -> Fetched:
         cap = self.config.max_response_bytes
-        tail = head[-_ENDS:]
+        tail = head[-ENDS:]
         async for chunk in response.content.iter_chunked(65536):
             size += len(chunk)
             if size > cap * _SALVAGE_FACTOR:
                 raise BadResponse(f"{self.config.name}: a single entry of over {size} bytes")
-            tail = (tail + chunk)[-_ENDS:]
+            tail = (tail + chunk)[-ENDS:]
         try:
-            page = salvage_page(head[:_ENDS], tail, size, cap)
+            page = salvage_page(head[:ENDS], tail, size, cap)
         except MalformedPage as exc:
             raise BadResponse(f"{self.config.name}: unreadable response: {exc}") from None
         return Fetched(page, _date(response.headers.get("Date")), 1)

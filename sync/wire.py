@@ -25,8 +25,10 @@ __all__ = [
     "MalformedPage",
     "Page",
     "Rejected",
+    "decode_body",
     "parse_page",
-    "salvage_page",
+    "read_cursor",
+    "reject",
 ]
 
 OFFICIAL = "io.modelcontextprotocol.registry/official"
@@ -184,7 +186,7 @@ def _envelope(text: str, i: int, page: Page, max_chars: int) -> int:
             if key == "metadata" and isinstance(value, dict):
                 for name in ("nextCursor", "next_cursor"):
                     if name in value:
-                        _cursor(page, value[name])
+                        read_cursor(page, value[name])
                         break
         nxt = _next(text, end, "}")
         if nxt is None:
@@ -208,7 +210,7 @@ def _collect(text: str, i: int, page: Page, max_chars: int) -> int:
                 outcome = _entry(text, members, i, end, max_chars)
             else:
                 _, end = _DECODER.raw_decode(text, i)
-                outcome = _reject("entry is not a JSON object", text[i:end])
+                outcome = reject("entry is not a JSON object", text[i:end])
         except (ValueError, RecursionError) as exc:
             # Whatever one entry holds (thousands of digits, nesting past the decoder's depth,
             # control characters, a key that is not a string), step over it by its brackets
@@ -219,7 +221,7 @@ def _collect(text: str, i: int, page: Page, max_chars: int) -> int:
                 if isinstance(exc, RecursionError)
                 else f"unreadable JSON: {_brief(exc)}"
             )
-            outcome = _reject(reason, text[i:end].rstrip())
+            outcome = reject(reason, text[i:end].rstrip())
         if isinstance(outcome, Entry):
             page.entries.append(outcome)
         else:
@@ -253,7 +255,7 @@ def _brief(exc: BaseException) -> str:
     return str(exc)[:200]
 
 
-def _cursor(page: Page, value: object) -> None:
+def read_cursor(page: Page, value: object) -> None:
     if value is None or value == "":
         page.cursor_null = True
     elif not isinstance(value, str):
@@ -282,7 +284,7 @@ def _safe(raw: str) -> str:
     return raw if raw.isascii() else _SURROGATE.sub(_escape, raw)
 
 
-def _reject(reason: str, raw: str, name: object = None, version: object = None) -> Rejected:
+def reject(reason: str, raw: str, name: object = None, version: object = None) -> Rejected:
     raw = _safe(raw)
     if isinstance(name, str) and isinstance(version, str):
         key = _safe(f"{name}@{version}")
@@ -302,10 +304,10 @@ def _text(value: str | None) -> str | None:
 def _entry(text: str, spans: _Members, start: int, end: int, max_chars: int) -> Entry | Rejected:
     raw = text[start:end]
     if end - start > max_chars:
-        return _reject(f"entry is {end - start} characters, over the {max_chars} cap", raw)
+        return reject(f"entry is {end - start} characters, over the {max_chars} cap", raw)
     if not raw.isascii() and _SURROGATE.search(raw):
         # Only invalid UTF-8 in the body puts a surrogate in the raw text itself.
-        return _reject("entry is not valid UTF-8", raw)
+        return reject("entry is not valid UTF-8", raw)
     if "server" in spans:
         server, s, e = spans["server"]
         server_raw = text[s:e]
@@ -314,27 +316,27 @@ def _entry(text: str, spans: _Members, start: int, end: int, max_chars: int) -> 
     else:  # 2025-07 flat shape: the item is the server, official facts in its own _meta
         server, server_raw, meta, meta_raw = {k: v[0] for k, v in spans.items()}, raw, None, None
     if not isinstance(server, dict):
-        return _reject("'server' is not a JSON object", raw)
+        return reject("'server' is not a JSON object", raw)
     name, version = server.get("name"), server.get("version")
     if not isinstance(name, str) or not name:
-        return _reject("missing or non-string 'name'", raw, name, version)
+        return reject("missing or non-string 'name'", raw, name, version)
     if not isinstance(version, str) or not version:
-        return _reject("missing or non-string 'version'", raw, name, version)
+        return reject("missing or non-string 'version'", raw, name, version)
     if not (3 <= len(name) <= 200 and NAME.match(name)):
         reason = "name does not match the server.json pattern namespace/name"
-        return _reject(reason, raw, name, version)
+        return reject(reason, raw, name, version)
     if len(version) > 255:
-        return _reject("version is longer than 255 characters", raw, name, version)
+        return reject("version is longer than 255 characters", raw, name, version)
     if _text(version) != version:
-        return _reject("version is not valid Unicode (a lone surrogate)", raw, name, version)
+        return reject("version is not valid Unicode (a lone surrogate)", raw, name, version)
     if meta is not None and not isinstance(meta, dict):
-        return _reject("'_meta' is not a JSON object", raw, name, version)
+        return reject("'_meta' is not a JSON object", raw, name, version)
     description = server.get("description", "")
     if not isinstance(description, str):
-        return _reject("'description' is not a string", raw, name, version)
+        return reject("'description' is not a string", raw, name, version)
     facts = _official(meta, server)
     if isinstance(facts, str):
-        return _reject(facts, raw, name, version)
+        return reject(facts, raw, name, version)
     status, message, changed, published, updated = facts
     digest = hashlib.blake2b(
         server_raw.encode() + b"\0" + (meta_raw or "").encode(), digest_size=16
@@ -388,32 +390,3 @@ def _is_timestamp(value: str) -> bool:
         return datetime.fromisoformat(value).tzinfo is not None
     except ValueError:
         return False
-
-
-_ENDS = 64 * 1024
-_NAME = re.compile(r'"name"\s*:\s*"((?:[^"\\]|\\.){1,200})"')
-_VERSION = re.compile(r'"version"\s*:\s*"((?:[^"\\]|\\.){1,255})"')
-_TAIL_CURSOR = re.compile(r'"(?:nextCursor|next_cursor)"\s*:\s*("(?:[^"\\]|\\.)*"|null)')
-
-
-def salvage_page(head: bytes, tail: bytes, size: int, cap: int) -> Page:
-    """A one-entry page too large to read: the entry is rejected, named from the head of
-    the body where it can be, and the listing goes on from the cursor in its tail. Only the
-    two ends are ever held, so an entry of any size costs a bounded amount of memory."""
-    start, end = decode_body(head), decode_body(tail)
-    name, version = _NAME.search(start), None
-    if name is not None:
-        version = _VERSION.search(start, name.end())
-    cursor = _TAIL_CURSOR.search(end)
-    if cursor is None:
-        raise MalformedPage(f"a {size}-byte single-entry page whose end holds no nextCursor")
-    page = Page()
-    _cursor(page, json.loads(cursor.group(1)))
-    label = name.group(1) if name else None
-    found = version.group(1) if version else None
-    if found is None and label and page.next_cursor and page.next_cursor.startswith(label + ":"):
-        # The official cursor of a one-entry page is that entry's own "name:version".
-        found = page.next_cursor[len(label) + 1 :]
-    reason = f"entry alone is a {size}-byte page, over the {cap}-byte response cap"
-    page.rejected.append(_reject(reason, start[:4096], label, found))
-    return page
