@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import warnings
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -102,7 +101,7 @@ async def _follow(app: web.Application, retired: list[tuple[float, Reader]]) -> 
                 )
             continue
         try:
-            fresh = await Reader.open(path)
+            old = await app[READER].reopen()
         except StoreError as exc:
             if identity != reported:
                 reported = identity
@@ -110,12 +109,6 @@ async def _follow(app: web.Application, retired: list[tuple[float, Reader]]) -> 
                     "store.replaced", path=str(path), action="cannot open it", error=str(exc)
                 )
             continue
-        old = app[READER]
-        # Handlers look the readers up per request, so swapping the value is what makes every
-        # later request read the new file; aiohttp only frowns on changing a started app.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            app[READER] = fresh
         cache.bind(identity)
         reported = identity
         retired.append((loop.time() + _RETIRE_AFTER, old))

@@ -59,9 +59,11 @@ class Reader:
         self,
         connections: list[aiosqlite.Connection],
         *,
+        path: Path | None = None,
         sort_delta_max: int = 5000,
         search_sort_max: int = 10000,
     ) -> None:
+        self.path = path
         self._connections = connections
         self.sort_delta_max = sort_delta_max
         self.search_sort_max = search_sort_max
@@ -71,18 +73,28 @@ class Reader:
     async def open(cls, path: Path, *, connections: int = 2) -> Reader:
         uri = f"file:{path}?mode=ro"
         try:
-            return cls(await cls._connect(uri, connections))
+            return cls(await cls._connect(uri, connections), path=path)
         except sqlite3.Error as exc:
             error = exc
         # A WAL file on a read-only filesystem cannot get its shared-memory index. Nothing can
         # write there either, so reading it as immutable is exact, not a guess.
         if _on_read_only_storage(path):
             try:
-                return cls(await cls._connect(f"{uri}&immutable=1", connections))
+                return cls(await cls._connect(f"{uri}&immutable=1", connections), path=path)
             except sqlite3.Error as exc:
                 error = exc
         hint = "" if _exists(path) else " (run a sync first)"
         raise StoreError(f"cannot open {path} read-only: {error}{hint}") from None
+
+    async def reopen(self) -> Reader:
+        """Read the file now at this path from here on (open connections keep reading the file
+        they opened, whatever replaced it); the old connections come back as a Reader of their
+        own, for the caller to close once the requests still using them are done."""
+        assert self.path is not None
+        fresh = await Reader.open(self.path, connections=len(self._connections))
+        old = Reader(self._connections, path=self.path)
+        self._connections, self._next = fresh._connections, fresh._next
+        return old
 
     @staticmethod
     async def _connect(uri: str, count: int) -> list[aiosqlite.Connection]:
