@@ -31,9 +31,11 @@ __all__ = [
     "CACHED_ROUTES",
     "CLOCK",
     "CONFIG",
+    "LIVE",
     "METRICS",
     "READER",
     "VIEW",
+    "Live",
     "Problem",
     "add_routes",
     "encode_cursor",
@@ -42,6 +44,17 @@ __all__ = [
 
 READER = web.AppKey("reader", Reader)
 CONFIG = web.AppKey("config", Config)
+
+
+class Live:
+    """The configuration in force: the one the daemon started with until a reload (SIGHUP)
+    replaces it whole. `CONFIG` stays the start-up one (the API's routes and socket)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+
+LIVE = web.AppKey("live_config", Live)
 METRICS = web.AppKey("metrics", Metrics)
 VIEW = web.AppKey("view", str)
 CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")

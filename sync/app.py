@@ -1,37 +1,35 @@
 """Wiring: the aiohttp application owns every resource as a cleanup context, in order.
 
-writer store → engine → read-only readers → scheduler. The readers open after the writer has
-switched the file to WAL; on stop the scheduler lets a running page commit first.
+writer store → engine → read-only readers → control socket → scheduler. The readers open after
+the writer has switched the file to WAL; on stop the scheduler lets a running page commit first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import AsyncIterator
-from datetime import timedelta
 
 import structlog
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.interval import IntervalTrigger
 
-from sync.api import CACHE, CLOCK, CONFIG, METRICS, READER, VIEW, add_routes
+from sync.api import CACHE, CLOCK, CONFIG, LIVE, METRICS, READER, VIEW, Live, add_routes
 from sync.cache import ResponseCache, file_id
 from sync.config import DEFAULT_VIEW, Config
+from sync.control import control_site
 from sync.engine import Clock, Engine
 from sync.errors import StoreError
 from sync.metrics import Metrics
 from sync.middleware import middlewares
 from sync.ops import add_ops_routes
+from sync.reload import ENGINE, RELOADING, SCHEDULER, schedule
 from sync.store import Reader, Store, utcnow
 
 __all__ = ["ENGINE", "STORE", "create_app"]
 
 log = structlog.get_logger("sync.app")
 STORE = web.AppKey("store", Store)
-ENGINE = web.AppKey("engine", Engine)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -115,24 +113,17 @@ async def _follow(app: web.Application, retired: list[tuple[float, Reader]]) -> 
         log.info("store.reopened", path=str(path))
 
 
+async def _control_ctx(app: web.Application) -> AsyncIterator[None]:
+    """`subregistry sync` and `reapply` act through this daemon while it holds the store."""
+    async with control_site(app[ENGINE], app[CONFIG].storage.path):
+        yield
+
+
 async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     config, engine = app[CONFIG], app[ENGINE]
     scheduler = AsyncIOScheduler(timezone="UTC")
-    now = app[CLOCK]()
-    for i, upstream in enumerate(config.upstreams):
-        jitter = min(upstream.interval * 0.1, 300.0)
-        scheduler.add_job(
-            engine.run,
-            IntervalTrigger(seconds=upstream.interval, jitter=jitter),
-            args=[upstream.name],
-            id=upstream.name,
-            name=f"sync {upstream.name}",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=None,
-            # First passes start at once, spread a little so upstreams do not start together.
-            next_run_time=now + timedelta(seconds=i * 2 + random.random()),  # noqa: S311
-        )
+    app[SCHEDULER] = scheduler
+    schedule(scheduler, engine, config, app[CLOCK]())
     scheduler.start()
     try:
         yield
@@ -158,6 +149,8 @@ def create_app(
     """The API (and, with `sync`, the writer and the scheduler) as one aiohttp application."""
     app = web.Application(middlewares=middlewares(), client_max_size=1024)
     app[CONFIG] = config
+    app[LIVE] = Live(config)
+    app[RELOADING] = asyncio.Lock()
     app[METRICS] = metrics or Metrics()
     app[VIEW] = DEFAULT_VIEW
     app[CLOCK] = clock
@@ -166,6 +159,9 @@ def create_app(
         app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_reader_ctx)
     if sync:
+        # Cleaned up in reverse: the scheduler lets running passes finish their page before
+        # the control socket (which may be waiting on one) closes.
+        app.cleanup_ctx.append(_control_ctx)
         app.cleanup_ctx.append(_scheduler_ctx)
     add_routes(app, config.api.base_path)
     add_ops_routes(app)

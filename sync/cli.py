@@ -22,15 +22,16 @@ from typing import Any, TextIO, TypeVar
 
 import structlog
 
-from sync import __version__
+from sync import __version__, control
 from sync.app import create_app
 from sync.config import DEFAULT_VIEW, Config, load_config
 from sync.curation import Curator
 from sync.engine import Engine
-from sync.errors import ConfigError, StoreError
+from sync.errors import ConfigError, StoreError, StoreLocked
 from sync.explain import explain, render
 from sync.logs import configure_logging
 from sync.metrics import Metrics
+from sync.reload import reload
 from sync.server import serve
 from sync.store import PassCounts, Reader, Store, records
 
@@ -120,7 +121,7 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     if args.command == "sync":
         return _run(_sync(config, full=args.full, only=args.upstream))
     if args.command == "serve":
-        return _serve(config, sync=not args.no_sync)
+        return _serve(config, sync=not args.no_sync, source=args.config)
     if args.command == "status":
         return _run(_status(config, as_json=args.json, out=sys.stdout))
     if args.command == "reapply":
@@ -195,6 +196,28 @@ def _progress(upstream: str, counts: PassCounts) -> None:
 
 async def _sync(config: Config, *, full: bool, only: str | None) -> int:
     names = [config.upstream(only).name] if only else [u.name for u in config.upstreams]
+    try:
+        return await _sync_direct(config, names, full=full)
+    except StoreLocked:
+        # A daemon holds the store: it runs the passes and answers with their summaries.
+        reply = await _through_daemon(config, "sync", {"upstream": only, "full": full})
+        for result in reply["results"]:
+            print(result["summary"], flush=True)
+        return 1 if any(r["outcome"] != "ok" for r in reply["results"]) else 0
+
+
+async def _through_daemon(config: Config, action: str, body: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return await control.ask(config.storage.path, action, body)
+    except control.ControlUnavailable as exc:
+        raise CommandFailed(
+            f"{config.storage.path} is in use by another process and no daemon answers on its "
+            f"control socket ({exc}); stop that process, or point this one at another "
+            "storage.path"
+        ) from None
+
+
+async def _sync_direct(config: Config, names: list[str], *, full: bool) -> int:
     async with _writing(config) as store:
         progress = _progress if sys.stderr.isatty() else None
         engine = Engine(config, store, Metrics(), progress=progress)
@@ -212,7 +235,7 @@ async def _sync(config: Config, *, full: bool, only: str | None) -> int:
             await engine.close()
 
 
-def _serve(config: Config, *, sync: bool) -> int:
+def _serve(config: Config, *, sync: bool, source: Path | None) -> int:
     log = structlog.get_logger("sync.cli")
     log.info(
         "serve.starting",
@@ -222,7 +245,8 @@ def _serve(config: Config, *, sync: bool) -> int:
         sync=sync,
         version=__version__,
     )
-    _run(serve(create_app(config, sync=sync), config.api))
+    app = create_app(config, sync=sync)
+    _run(serve(app, config.api, reload=lambda: reload(app, lambda: load_config(source))))
     log.info("serve.stopped")
     return 0
 
@@ -299,8 +323,13 @@ async def _status(config: Config, *, as_json: bool, out: TextIO) -> int:
 
 
 async def _reapply(config: Config) -> int:
-    async with _writing(config, existing=True) as store:
-        names, changed = await Curator(config, store, Metrics()).reapply()
+    try:
+        async with _writing(config, existing=True) as store:
+            names, changed = await Curator(config, store, Metrics()).reapply()
+    except StoreLocked:
+        # The daemon's own rules apply: they are what it serves by.
+        reply = await _through_daemon(config, "reapply", {})
+        names, changed = reply["names"], reply["changed"]
     print(f"reapplied rules to {names} servers: {changed} served rows changed")
     return 0
 

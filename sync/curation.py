@@ -46,10 +46,15 @@ class Curator:
     def __init__(
         self, config: Config, store: Store, metrics: Metrics, *, view: str = DEFAULT_VIEW
     ) -> None:
-        self.config = config
         self.store = store
         self.metrics = metrics
         self.view = view
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        """Take new rules in place: a pass holding this curator decides its next page by
+        them, and a reapply (ensure_current) brings every stored name in line."""
+        self.config = config
         self.rules = compile_rules(config)
         self.order = [u.name for u in config.upstreams]
         self.digest = rules_digest(config)

@@ -62,6 +62,7 @@ class Engine:
         self._locks = {u.name: asyncio.Lock() for u in config.upstreams}
         self._clients: dict[str, UpstreamClient] = {}
         self._stop = Stop()
+        self._retiring: set[asyncio.Future[None]] = set()
 
     async def _client(self, config: UpstreamConfig) -> UpstreamClient:
         """One client per upstream for the engine's life, so politeness spans passes."""
@@ -73,6 +74,8 @@ class Engine:
         return client
 
     async def close(self) -> None:
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             await client.__aexit__(None, None, None)
@@ -99,35 +102,54 @@ class Engine:
             async with lock:
                 pass
 
-    async def run(
-        self, upstream: str, *, full: bool = False, ignore_circuit: bool = False
-    ) -> PassResult:
-        """One pass of `upstream`; skipped if one is already running in this process, or if
-        its circuit is open (an operator's `ignore_circuit` run tries anyway; the scheduler's
-        first run after the open period is the probe that closes it on success)."""
-        config = self.config.upstream(upstream)
-        lock = self._locks[upstream]
-        if self._stop.requested:
-            return PassResult(
-                upstream,
-                "full" if full else "incremental",
-                "skipped",
-                error="the daemon is stopping",
-            )
-        if lock.locked():
-            return PassResult(
-                upstream,
-                "full" if full else "incremental",
-                "skipped",
-                error="a pass of this upstream is already running",
-            )
+    def reconfigure(self, config: Config) -> None:
+        """Use `config` for every pass that starts from now on; a running pass finishes its
+        listing with the upstream settings it started with, and its next pages are decided by
+        the new rules. A client whose upstream changed is closed once its pass is done."""
+        self.config = config
+        self.curator.configure(config)
+        for upstream in config.upstreams:
+            self._locks.setdefault(upstream.name, asyncio.Lock())
+        for name, client in list(self._clients.items()):
+            if any(u == client.config for u in config.upstreams):
+                continue
+            del self._clients[name]
+            task = asyncio.ensure_future(self._retire(client, self._locks[name]))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, client: UpstreamClient, lock: asyncio.Lock) -> None:
         async with lock:
+            await client.__aexit__(None, None, None)
+
+    async def run(
+        self,
+        upstream: str,
+        *,
+        full: bool = False,
+        ignore_circuit: bool = False,
+        wait: bool = False,
+    ) -> PassResult:
+        """One pass of `upstream`; skipped if one is already running in this process (an
+        operator's `wait` run queues behind it instead), or if its circuit is open (an
+        operator's `ignore_circuit` run tries anyway; the scheduler's first run after the open
+        period is the probe that closes it on success)."""
+        mode = "full" if full else "incremental"
+        self.config.upstream(upstream)  # an unknown name is a ConfigError, whoever asks
+        lock = self._locks[upstream]
+        if lock.locked() and not wait:
+            error = "a pass of this upstream is already running"
+            return PassResult(upstream, mode, "skipped", error=error)
+        async with lock:
+            if self._stop.requested:
+                return PassResult(upstream, mode, "skipped", error="the daemon is stopping")
+            # The settings in force when the pass starts: a reload may have come meanwhile.
+            config = self.config.upstream(upstream)
             structlog.contextvars.bind_contextvars(upstream=upstream)
             try:
                 return await self._run(config, full=full, ignore_circuit=ignore_circuit)
             except StoreError as exc:  # before the pass could even be recorded
                 log.error("sync.store_unavailable", error=str(exc))
-                mode = "full" if full else "incremental"
                 self.metrics.sync_runs.labels(upstream, mode, "failed").inc()
                 return PassResult(upstream, mode, "failed", error=str(exc))
             finally:

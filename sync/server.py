@@ -22,6 +22,7 @@ import os
 import resource
 import signal
 from collections import OrderedDict
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -223,9 +224,24 @@ def connection_limit(configured: int) -> tuple[int, int]:
     return min(configured, allowed), soft
 
 
-async def serve(app: web.Application, config: ApiConfig) -> None:
-    """Serve `app` until SIGINT or SIGTERM, then stop it gracefully."""
+async def serve(
+    app: web.Application,
+    config: ApiConfig,
+    *,
+    reload: Callable[[], Coroutine[Any, Any, object]] | None = None,
+) -> None:
+    """Serve `app` until SIGINT or SIGTERM, then stop it gracefully; SIGHUP calls `reload`
+    (connections, and the pass on its page, carry on)."""
     loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[object]] = set()
+    if reload is not None:
+
+        def hangup() -> None:
+            task = loop.create_task(reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, hangup)
     limit, fd_limit = connection_limit(config.max_connections)
     guard = ConnectionGuard(loop, limit=limit, timeout=config.header_timeout)
     failures = _AcceptFailures(loop, guard)
@@ -262,9 +278,11 @@ async def serve(app: web.Application, config: ApiConfig) -> None:
         failures.listener_closed = True
         listener.close()
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        for task in list(reloads):
+            task.cancel()
         await runner.cleanup()
         failures.report()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
         # The exception handler stays: asyncio's stray accept retries may still fire.
         log.info("serve.connections", timed_out=guard.timed_out, evicted=guard.evicted)
