@@ -46,6 +46,7 @@ class Engine:
         *,
         clock: Clock = utcnow,
         sleep: Sleep = asyncio.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
         backoff: tuple[float, float] = (1.0, 60.0),
         progress: Progress | None = None,
         view: str = DEFAULT_VIEW,
@@ -56,6 +57,7 @@ class Engine:
         self.clock = clock
         self.view = view
         self._sleep = sleep
+        self._monotonic = monotonic
         self._backoff = backoff
         self._progress = progress
         self.curator = Curator(config, store, metrics, view=view)
@@ -68,7 +70,13 @@ class Engine:
         """One client per upstream for the engine's life, so politeness spans passes."""
         client = self._clients.get(config.name)
         if client is None:
-            client = UpstreamClient(config, self.metrics, sleep=self._sleep, backoff=self._backoff)
+            client = UpstreamClient(
+                config,
+                self.metrics,
+                sleep=self._sleep,
+                backoff=self._backoff,
+                monotonic=self._monotonic,
+            )
             await client.__aenter__()
             self._clients[config.name] = client
         return client

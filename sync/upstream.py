@@ -106,6 +106,7 @@ class UpstreamClient:
         *,
         sleep: Sleep = asyncio.sleep,
         backoff: tuple[float, float] = (1.0, 60.0),
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if config.url is None:
             raise ValueError(f"upstream {config.name} has no url")
@@ -118,6 +119,7 @@ class UpstreamClient:
         self._metrics = metrics
         self._sleep = sleep
         self._backoff = backoff
+        self._monotonic = monotonic
         self._session: aiohttp.ClientSession | None = None
         self._last_request = 0.0
         self.penalty = 0.0
@@ -191,10 +193,10 @@ class UpstreamClient:
 
     async def _pace(self) -> None:
         gap = self.config.page_delay + self.penalty
-        wait = self._last_request + gap - time.monotonic()
+        wait = self._last_request + gap - self._monotonic()
         if wait > 0:
             await self._sleep(wait)
-        self._last_request = time.monotonic()
+        self._last_request = self._monotonic()
 
     async def _get(self, url: URL, page_limit: int) -> Fetched:
         if self._session is None:

@@ -17,13 +17,19 @@ from tests.helpers import assert_mirrors, served
 
 
 class Waits:
-    """An injected sleep that records what the engine asked to wait, and waits for nothing."""
+    """An injected sleep that records what the engine asked to wait, and waits for nothing;
+    with its `clock`, time passes only by those waits, so pacing is exact whatever the load."""
 
     def __init__(self) -> None:
         self.seconds: list[float] = []
+        self.now = 0.0
 
     async def __call__(self, seconds: float) -> None:
         self.seconds.append(seconds)
+        self.now += seconds
+
+    def clock(self) -> float:
+        return self.now
 
 
 @pytest.fixture
@@ -41,7 +47,9 @@ def build_engine(
     async def build(**upstream: Any) -> Engine:
         config = make_config({"name": "official", "url": fake_url, **upstream})
         store = await Store.open(config.storage.path)
-        engine = Engine(config, store, Metrics(), sleep=waits, backoff=(0.5, 8.0))
+        engine = Engine(
+            config, store, Metrics(), sleep=waits, backoff=(0.5, 8.0), monotonic=waits.clock
+        )
         opened.append((engine, store))
         return engine
 
