@@ -211,10 +211,11 @@ def _collect(text: str, i: int, page: Page, max_chars: int) -> int:
             else:
                 _, end = _DECODER.raw_decode(text, i)
                 outcome = reject("entry is not a JSON object", text[i:end])
-        except (ValueError, RecursionError) as exc:
+        except Exception as exc:
             # Whatever one entry holds (thousands of digits, nesting past the decoder's depth,
-            # control characters, a key that is not a string), step over it by its brackets
-            # and keep the rest of the page; only a body whose brackets do not close is lost.
+            # control characters, a key that is not a string, a value of a type no check
+            # foresaw), step over it by its brackets and keep the rest of the page; only a
+            # body whose brackets do not close is lost.
             end = _value_end(text, i)
             reason = (
                 "nested deeper than the decoder allows"
@@ -367,7 +368,7 @@ def _official(meta: dict[str, Any] | None, server: dict[str, Any]) -> _Facts | s
             official = source[OFFICIAL]
             break
     status = official.get("status", server.get("status", "active"))
-    if status not in STATUSES:
+    if not isinstance(status, str) or status not in STATUSES:
         return f"unknown status {status!r}"
     values: list[str | None] = []
     for camel, snake in (

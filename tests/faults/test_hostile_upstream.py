@@ -26,6 +26,7 @@ from sync.engine import Engine
 from sync.metrics import Metrics
 from sync.store import Reader, Store
 from sync.upstream import origin
+from sync.wire import parse_page
 from tests.fake_upstream import OFFICIAL, FakeRegistry
 from tests.faults.conftest import check_truth
 from tests.helpers import (
@@ -460,3 +461,30 @@ class TestNoHalfEvaluatedServer:
             by_name[name] = by_name.get(name, 0) + 1
         assert max(by_name.values()) == 3
         assert OFFICIAL in next(iter(mirror.values()))["meta"]
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+FIELDS = ("name", "version", "description", "status", "_meta", "packages", "remotes")
+
+
+class TestAnyValueInAnyField:
+    @settings(max_examples=300, deadline=None)
+    @given(field=st.sampled_from(FIELDS), value=JSON, where=st.sampled_from(["server", "meta"]))
+    def test_the_page_parses_and_the_neighbours_survive(
+        self, field: str, value: Any, where: str
+    ) -> None:
+        """Any JSON value in any field of one entry, or of its official `_meta`: the parser
+        keeps or rejects that entry and never fails the page."""
+        server: dict[str, Any] = {"name": "io.github.x/odd", "version": "1.0.0"}
+        meta: dict[str, Any] = {OFFICIAL: {"status": "active"}}
+        (server if where == "server" else meta[OFFICIAL])[field] = value
+        odd = {"server": server, "_meta": meta}
+        good = [{"server": {"name": f"io.github.x/ok{i}", "version": "1"}} for i in range(2)]
+        page = parse_page(json.dumps({"servers": [good[0], odd, good[1]]}))
+        names = [e.name for e in page.entries]
+        assert names[0] == "io.github.x/ok0" and names[-1] == "io.github.x/ok1"
+        assert len(page.entries) + len(page.rejected) == 3
