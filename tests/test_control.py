@@ -93,9 +93,18 @@ class TestThroughTheDaemon:
         assert code == 1
         assert out.startswith("official: failed")
 
-    async def test_an_unknown_upstream_is_a_usage_error(self, daemon: Daemon) -> None:
-        code, _, err = await run("--config", daemon.config, "sync", "--upstream", "nope")
-        assert code == 2 and err.startswith("subregistry: ") and "nope" in err
+    async def test_an_upstream_the_daemon_does_not_know_is_a_usage_error(
+        self, daemon: Daemon, tmp_path: Path
+    ) -> None:
+        """The daemon decides by the configuration it runs (the file changed, no SIGHUP)."""
+        private = tmp_path / "private.json"
+        private.write_text("[]")
+        daemon.config.write_text(
+            daemon.config.read_text() + f'[[upstreams]]\nname = "later"\npath = "{private}"\n'
+        )
+        code, out, err = await run("--config", daemon.config, "sync", "--upstream", "later")
+        assert code == 2 and out == ""
+        assert err.startswith("subregistry: ") and "later" in err and len(err.splitlines()) == 1
 
     async def test_reapply_while_serve_runs(self, daemon: Daemon) -> None:
         code, out, err = await run("--config", daemon.config, "reapply")
@@ -103,6 +112,7 @@ class TestThroughTheDaemon:
         assert out.startswith("reapplied rules to 1055 servers")
 
     async def test_no_socket_is_left_after_a_stop(self, daemon: Daemon, tmp_path: Path) -> None:
+        assert (tmp_path / "mirror.db.sock").is_socket()
         daemon.process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(daemon.process.communicate(), 30)
         assert daemon.process.returncode == 0
