@@ -198,23 +198,24 @@ async def _sync(config: Config, *, full: bool, only: str | None) -> int:
     names = [config.upstream(only).name] if only else [u.name for u in config.upstreams]
     try:
         return await _sync_direct(config, names, full=full)
-    except StoreLocked:
+    except StoreLocked as locked:
         # A daemon holds the store: it runs the passes and answers with their summaries.
-        reply = await _through_daemon(config, "sync", {"upstream": only, "full": full})
+        body = {"upstream": only, "full": full}
+        reply = await _through_daemon(config, "sync", body, locked)
         for result in reply["results"]:
             print(result["summary"], flush=True)
         return 1 if any(r["outcome"] != "ok" for r in reply["results"]) else 0
 
 
-async def _through_daemon(config: Config, action: str, body: dict[str, Any]) -> dict[str, Any]:
+async def _through_daemon(
+    config: Config, action: str, body: dict[str, Any], locked: StoreLocked
+) -> dict[str, Any]:
+    """Ask the daemon holding the store; whoever holds it without a control socket (another
+    `sync`, a daemon of an older version) leaves the lock's own message to tell."""
     try:
         return await control.ask(config.storage.path, action, body)
-    except control.ControlUnavailable as exc:
-        raise CommandFailed(
-            f"{config.storage.path} is in use by another process and no daemon answers on its "
-            f"control socket ({exc}); stop that process, or point this one at another "
-            "storage.path"
-        ) from None
+    except control.ControlUnavailable:
+        raise locked from None
 
 
 async def _sync_direct(config: Config, names: list[str], *, full: bool) -> int:
@@ -326,9 +327,9 @@ async def _reapply(config: Config) -> int:
     try:
         async with _writing(config, existing=True) as store:
             names, changed = await Curator(config, store, Metrics()).reapply()
-    except StoreLocked:
+    except StoreLocked as locked:
         # The daemon's own rules apply: they are what it serves by.
-        reply = await _through_daemon(config, "reapply", {})
+        reply = await _through_daemon(config, "reapply", {}, locked)
         names, changed = reply["names"], reply["changed"]
     print(f"reapplied rules to {names} servers: {changed} served rows changed")
     return 0
