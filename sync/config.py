@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from sync.credentials import check_ca_file, check_client_cert, resolve_proxy, resolve_secret
 from sync.errors import ConfigError
 
 __all__ = [
@@ -150,7 +151,16 @@ class UpstreamConfig(_Frozen):
     full_every: Duration = 86400.0
     overlap: Duration = 300.0
     max_staleness: Duration | None = None
-    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    # Each a plain string, or { env = NAME } / { file = PATH } with an optional prefix.
+    headers: dict[str, Annotated[SecretStr, BeforeValidator(resolve_secret)]] = Field(
+        default_factory=dict
+    )
+    # None: HTTP(S)_PROXY / NO_PROXY from the environment decide; set, it is used for every
+    # request of this upstream. A secret as a whole, since it may carry credentials.
+    proxy: Annotated[SecretStr | None, BeforeValidator(resolve_proxy)] = None
+    ca_file: Path | None = None  # added to the system trust store, not replacing it
+    client_cert: Path | None = None  # PEM; may hold the key too
+    client_key: Path | None = None
     max_response_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_entry_bytes: int = Field(default=256 * 1024, ge=256)
     # A listing with more distinct entries than this in one pass is refused as malformed: an
@@ -170,10 +180,28 @@ class UpstreamConfig(_Frozen):
             raise ValueError("must be an http(s) base URL such as https://registry.example.com")
         return value.rstrip("/")
 
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            check_ca_file(value)
+        return value
+
     @model_validator(mode="after")
     def _one_source(self) -> UpstreamConfig:
         if (self.url is None) == (self.path is None):
             raise ValueError("set exactly one of 'url' (an HTTP registry) or 'path' (a file)")
+        return self
+
+    @model_validator(mode="after")
+    def _network(self) -> UpstreamConfig:
+        network = (self.proxy, self.ca_file, self.client_cert)
+        if self.path is not None and any(v is not None for v in network):
+            raise ValueError("proxy, ca_file and client_cert apply to 'url' upstreams only")
+        if self.client_key is not None and self.client_cert is None:
+            raise ValueError("client_key needs client_cert")
+        if self.client_cert is not None:
+            check_client_cert(self.client_cert, self.client_key)
         return self
 
     @property

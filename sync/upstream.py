@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Self
 
 import aiohttp
+import structlog
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -23,6 +24,7 @@ from yarl import URL
 
 from sync import USER_AGENT
 from sync.config import UpstreamConfig
+from sync.egress import BadProxy, Egress
 from sync.errors import (
     BadResponse,
     PermanentUpstreamError,
@@ -37,6 +39,7 @@ from sync.wire import MalformedPage, Page, parse_page
 __all__ = ["Fetched", "UpstreamClient", "parse_retry_after"]
 
 Sleep = Callable[[float], Awaitable[None]]
+log = structlog.get_logger("sync.upstream")
 _MAX_REDIRECTS = 5
 _RETRY_AFTER_CAP = 600.0
 _PENALTY_CAP = 60.0
@@ -116,6 +119,7 @@ class UpstreamClient:
         # Credentials go only to the configured origin, so they are sent per request, never
         # set on the session (which would send them wherever a redirect points).
         self._secrets = {k: v.get_secret_value() for k, v in config.headers.items()}
+        self._egress = Egress(config)
         self._metrics = metrics
         self._sleep = sleep
         self._backoff = backoff
@@ -179,11 +183,27 @@ class UpstreamClient:
             advised = getattr(error, "retry_after", None)
             return float(advised) if advised is not None else exponential(state)
 
+        attempts = (self.config.retries if retries is None else retries) + 1
+
+        def warn(state: RetryCallState) -> None:
+            # Without this the first word of an unreachable upstream came only when the last
+            # retry gave up, half a minute later.
+            error = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "sync.retrying",
+                upstream=self.config.name,
+                attempt=state.attempt_number,
+                attempts=attempts,
+                wait_s=round(state.next_action.sleep, 3) if state.next_action else 0.0,
+                reason=str(error) or type(error).__name__,
+            )
+
         retrying = AsyncRetrying(
-            stop=stop_after_attempt((self.config.retries if retries is None else retries) + 1),
+            stop=stop_after_attempt(attempts),
             retry=retry_if_exception_type(TransientUpstreamError),
             wait=wait,
             sleep=self._sleep,
+            before_sleep=warn,
             reraise=True,
         )
         async for attempt in retrying:
@@ -206,9 +226,13 @@ class UpstreamClient:
         code = "error"
         try:
             for _ in range(_MAX_REDIRECTS + 1):
-                secrets = self._secrets if origin(url) == self._origin else None
+                home = origin(url) == self._origin
                 async with self._session.get(
-                    url, allow_redirects=False, headers=secrets
+                    url,
+                    allow_redirects=False,
+                    headers=self._secrets if home else None,
+                    proxy=self._egress.proxy(url),
+                    ssl=self._egress.tls(home=home),
                 ) as response:
                     code = str(response.status)
                     if response.status in (301, 302, 303, 307, 308):
@@ -216,16 +240,33 @@ class UpstreamClient:
                         continue
                     return await self._read(response, page_limit)
             raise PermanentUpstreamError(f"more than {_MAX_REDIRECTS} redirects from {url}")
+        except BadProxy as exc:
+            raise PermanentUpstreamError(f"{self.config.name}: {exc}") from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise PermanentUpstreamError(self._egress.hide(self._untrusted(exc))) from None
+        except aiohttp.ClientHttpProxyError as exc:
+            message = f"{self.config.name}: the proxy refused the tunnel (HTTP {exc.status})"
+            if exc.status == 407:
+                raise PermanentUpstreamError(f"{message}: check this upstream's proxy") from None
+            raise UpstreamUnavailable(message, status=exc.status) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             reason = type(exc).__name__ if isinstance(exc, TimeoutError) else str(exc)
             raise UpstreamUnavailable(
-                f"{self.config.name}: {reason or type(exc).__name__}"
+                self._egress.hide(f"{self.config.name}: {reason or type(exc).__name__}")
             ) from None
         finally:
             self._metrics.upstream_requests.labels(self.config.name, code).inc()
             self._metrics.upstream_duration.labels(self.config.name).observe(
                 time.perf_counter() - started
             )
+
+    def _untrusted(self, exc: aiohttp.ClientConnectorCertificateError) -> str:
+        error = exc.certificate_error
+        why = getattr(error, "verify_message", None) or str(error)
+        return (
+            f"{self.config.name}: the TLS certificate of {exc.host}:{exc.port} is not accepted "
+            f"({why}); if a private CA issued it, set ca_file for this upstream"
+        )
 
     def _redirect(self, url: URL, location: str | None) -> URL:
         if not location:
@@ -268,6 +309,10 @@ class UpstreamClient:
             raise RateLimited(f"{name}: rate limited (429)", retry_after=retry_after)
         if response.status >= 500 or response.status == 408:
             raise UpstreamUnavailable(f"{name}: HTTP {response.status}", status=response.status)
+        if response.status == 407:
+            raise PermanentUpstreamError(
+                f"{name}: the proxy asks for credentials (HTTP 407): check this upstream's proxy"
+            )
         if response.status != 200:
             raise PermanentUpstreamError(
                 f"{name}: HTTP {response.status} for {response.url.path}", status=response.status
