@@ -108,6 +108,18 @@ def _clean_log_context() -> None:
     structlog.contextvars.clear_contextvars()
 
 
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY")
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_from_the_developer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon honours proxy variables; a developer's own must not route the suite's
+    loopback traffic (in this process and the processes it starts). Proxy tests set theirs."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
 @pytest.fixture(scope="session")
 def mirror_db(tmp_path_factory: pytest.TempPathFactory, catalogue: list[dict[str, Any]]) -> Path:
     """A mirror of the real catalogue, built once; tests copy it before serving it."""
