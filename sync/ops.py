@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sync.api import CLOCK, CONFIG, METRICS, READER, VIEW
 from sync.health import readiness
-from sync.store import Reader, format_stamp
+from sync.store import ListQuery, Reader, format_stamp
 
 __all__ = ["add_ops_routes"]
 
@@ -56,16 +56,29 @@ async def healthz(_: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """200 while the mirror can answer (see `sync.health.readiness` for the strict mode); the
+    body says how fresh each upstream is either way. A store that cannot answer is a 503."""
+    app = request.app
+    mode = app[CONFIG].api.readiness
     try:
-        states = await request.app[READER].upstream_states()
+        # The read a client's first list request makes, through the same reader: the file
+        # opening is not enough (a replaced or damaged file opens and then fails every query).
+        await app[READER].list_servers(ListQuery(app[VIEW], 1))
+        states = await app[READER].upstream_states()
     except Exception as exc:
         return web.json_response(
-            {"ready": False, "store": f"unavailable: {type(exc).__name__}"}, status=503
+            {"ready": False, "readiness": mode, "store": f"unavailable: {type(exc).__name__}"},
+            status=503,
         )
-    ready, upstreams = readiness(request.app[CONFIG], states, request.app[CLOCK]())
-    return web.json_response(
-        {"ready": ready, "store": "ok", "upstreams": upstreams}, status=200 if ready else 503
-    )
+    ready, upstreams = readiness(app[CONFIG], states, app[CLOCK]())
+    body = {
+        "ready": ready,
+        "readiness": mode,
+        "store": "ok",
+        "fresh": all(u["status"] == "fresh" for u in upstreams),
+        "upstreams": upstreams,
+    }
+    return web.json_response(body, status=200 if ready else 503)
 
 
 def add_ops_routes(app: web.Application) -> None:

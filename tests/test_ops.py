@@ -161,7 +161,10 @@ class TestReadiness:
     async def test_readyz_follows_staleness(
         self, make_config: Callable[..., Config], fake_url: str, fake: FakeRegistry
     ) -> None:
-        config = make_config({"name": "official", "url": fake_url, "interval": "10m"})
+        # The strict mode: readiness follows staleness (the default is tests/test_ops_outages.py).
+        config = make_config(
+            {"name": "official", "url": fake_url, "interval": "10m"}, api={"readiness": "fresh"}
+        )
         clock = Clock()
         store = await Store.open(config.storage.path)
         engine = Engine(config, store, Metrics(), sleep=no_sleep, clock=clock)
