@@ -154,7 +154,16 @@ class TestMetrics:
             )
             == 1
         )
-        assert value(second, f"{s}http_request_duration_seconds_count", route="/v0/servers") == 1
+        assert (
+            value(
+                second,
+                f"{s}http_request_duration_seconds_count",
+                route="/v0/servers",
+                method="GET",
+                status="200",
+            )
+            == 1
+        )
 
 
 class TestReadiness:

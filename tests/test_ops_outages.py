@@ -1,21 +1,27 @@
 """Issue #11: serve last good data, and say so.
 
-Readiness through a real app with an injected clock.
+Readiness through a real app with an injected clock; outage metrics after real failing passes
+against the fake upstream, and after a restart (a real `serve --no-sync` process over the same
+file); the README's metrics table against a real scrape.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
+import signal
 import sqlite3
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
 
 from sync.app import create_app
 from sync.config import Config, config_from_mapping
@@ -23,9 +29,20 @@ from sync.engine import Engine
 from sync.errors import ConfigError
 from sync.metrics import Metrics
 from sync.store import Store
+from tests.cli_helpers import free_port, spawn, write_config
 from tests.fake_upstream import FakeRegistry
 from tests.helpers import mirror_config, no_sleep
-from tests.test_ops import Clock, ops_client
+from tests.test_ops import Clock, Samples, ops_client, scrape
+
+README = Path(__file__).parent.parent / "README.md"
+UPSTREAM = (("upstream", "official"),)
+
+
+def gauge(samples: Samples, name: str) -> float:
+    """The upstream's sample, which must be there (a missing series cannot fire an alert)."""
+    key = (f"subregistry_sync_{name}", UPSTREAM)
+    assert key in samples, f"no {key[0]} series"
+    return samples[key]
 
 
 async def ready(client: TestClient[Any, Any]) -> tuple[int, dict[str, Any]]:
@@ -119,3 +136,200 @@ class TestReadiness:
             assert (await client.get("/healthz")).status == 200
         finally:
             await client.close()
+
+
+async def scrape_process(port: int) -> Samples:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as response,
+    ):
+        assert response.status == 200
+        text = await response.text()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+async def wait_listening(port: int, process: asyncio.subprocess.Process) -> None:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(300):
+            assert process.returncode is None, "serve exited"
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError("serve never answered /healthz")
+
+
+async def stop(process: asyncio.subprocess.Process) -> str:
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    return err.decode() if err else ""
+
+
+class TestOutageMetrics:
+    async def test_a_never_synced_upstream_has_series_that_a_restart_keeps(
+        self,
+        make_config: Callable[..., Config],
+        fake_url: str,
+        fake: FakeRegistry,
+        tmp_path: Path,
+    ) -> None:
+        config = make_config(
+            {
+                "name": "official",
+                "url": fake_url,
+                "interval": "10m",
+                "retries": 0,
+                "failure_threshold": 2,
+            }
+        )
+        clock = Clock()
+        store = await Store.open(config.storage.path)
+        engine = Engine(config, store, Metrics(), sleep=no_sleep, clock=clock)
+        client = await ops_client(config, Metrics(), clock)
+        try:
+            # Before any pass: every series exists, and says "never".
+            start = await scrape(client)
+            assert gauge(start, "last_success_timestamp_seconds") == 0
+            assert gauge(start, "last_attempt_timestamp_seconds") == 0
+            assert gauge(start, "consecutive_failures") == 0
+            assert gauge(start, "failing_since_timestamp_seconds") == 0
+            assert gauge(start, "max_staleness_seconds") == 1800
+
+            # Day one with a bad token: every pass is refused.
+            fake.fail(401, body='{"title":"Unauthorized"}', times=2)
+            first = clock.now
+            assert (await engine.run("official")).outcome == "failed"
+            clock.now += timedelta(minutes=1)
+            second = clock.now
+            assert (await engine.run("official")).outcome == "failed"
+            # The circuit is open now: the next scheduled pass is skipped, and still ends.
+            clock.now += timedelta(minutes=1)
+            skipped = clock.now
+            assert (await engine.run("official")).outcome == "skipped"
+            clock.now += timedelta(seconds=30)  # past the gauges' 10 s reuse
+            failing = await scrape(client)
+        finally:
+            await client.close()
+            await engine.close()
+            await store.close()
+        assert second > first
+        assert gauge(failing, "last_success_timestamp_seconds") == 0
+        assert gauge(failing, "consecutive_failures") == 2
+        assert gauge(failing, "failing_since_timestamp_seconds") == pytest.approx(
+            first.timestamp(), abs=1e-3
+        )
+        assert gauge(failing, "last_attempt_timestamp_seconds") == pytest.approx(
+            skipped.timestamp(), abs=1e-3
+        )
+
+        # A restart: another process, which has run no pass, exports the same values.
+        port = free_port()
+        process_config = write_config(
+            tmp_path, fake_url, f"[api]\nport = {port}\n", before_upstreams=True
+        )
+        process = await spawn("--config", process_config, "serve", "--no-sync")
+        try:
+            await wait_listening(port, process)
+            restarted = await scrape_process(port)
+        finally:
+            await stop(process)
+        for name in (
+            "last_success_timestamp_seconds",
+            "consecutive_failures",
+            "failing_since_timestamp_seconds",
+            "last_attempt_timestamp_seconds",
+        ):
+            assert gauge(restarted, name) == gauge(failing, name), name
+        # Its counters are its own, and start from nothing.
+        assert not any(name == "subregistry_sync_runs_total" for name, _ in restarted)
+
+        # Recovery, once the circuit lets a pass through: the failure gauges drop to 0.
+        store = await Store.open(config.storage.path)
+        engine = Engine(config, store, Metrics(), sleep=no_sleep, clock=clock)
+        client = await ops_client(config, Metrics(), clock)
+        try:
+            clock.now += timedelta(minutes=11)
+            recovered_at = clock.now
+            assert (await engine.run("official")).outcome == "ok"
+            recovered = await scrape(client)
+        finally:
+            await client.close()
+            await engine.close()
+            await store.close()
+        success = gauge(recovered, "last_success_timestamp_seconds")
+        assert success >= recovered_at.timestamp() - 1e-3
+        assert gauge(recovered, "consecutive_failures") == 0
+        assert gauge(recovered, "failing_since_timestamp_seconds") == 0
+        assert gauge(recovered, "last_attempt_timestamp_seconds") == success
+
+
+def documented_metrics() -> dict[str, set[str]]:
+    """The README's metrics table: each metric name with its documented label names."""
+    section = README.read_text().split("## Operations", 1)[1].split("\n## ", 1)[0]
+    documented: dict[str, set[str]] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[0].startswith("`"):
+            continue
+        labels = set() if cells[1] == "–" else {lab.strip() for lab in cells[1].split(",")}
+        for name in re.findall(r"`([a-z_*]+)`", cells[0]):
+            documented[name] = labels
+    return documented
+
+
+class TestExportedSeries:
+    async def test_every_documented_label_exists_and_methods_are_bounded(
+        self, make_config: Callable[..., Config], fake_url: str
+    ) -> None:
+        config = make_config(
+            {"name": "official", "url": fake_url}, filter={"exclude": ["ai.exa/*"]}
+        )
+        metrics, clock = Metrics(), Clock()
+        store = await Store.open(config.storage.path)
+        engine = Engine(config, store, metrics, sleep=no_sleep, clock=clock)
+        try:
+            assert (await engine.run("official")).outcome == "ok"
+            client = await ops_client(config, metrics, clock)
+            try:
+                await client.get("/v0.1/servers?limit=1")
+                await client.post("/v0.1/servers")
+                for method in ("FOO", "BAR", "PROPFIND"):
+                    await client.request(method, "/v0.1/servers")
+                response = await client.get("/metrics")
+                text = await response.text()
+            finally:
+                await client.close()
+        finally:
+            await engine.close()
+            await store.close()
+
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        documented = documented_metrics()
+        assert len(documented) >= 19
+        for name, labels in documented.items():
+            if name.endswith("*"):
+                prefix = name[:-1]
+                assert any(f.startswith(prefix) for f in families), name
+                continue
+            family = families.get(name) or families.get(name.removesuffix("_total"))
+            assert family is not None and family.samples, f"{name} is not exported"
+            for sample in family.samples:
+                assert set(sample.labels) - {"le"} == labels, (name, sample)
+        for standard in ("process_cpu_seconds", "process_open_fds", "python_gc_collections"):
+            assert standard in families, standard
+
+        # Arbitrary method tokens are one label value, not one series each.
+        methods = {
+            s.labels["method"]
+            for name in ("subregistry_http_requests", "subregistry_http_request_duration_seconds")
+            for s in families[name].samples
+        }
+        assert methods == {"GET", "POST", "other"}
