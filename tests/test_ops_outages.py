@@ -2,12 +2,14 @@
 
 Readiness through a real app with an injected clock; outage metrics after real failing passes
 against the fake upstream, and after a restart (a real `serve --no-sync` process over the same
-file); the README's metrics table against a real scrape.
+file); the README's metrics table against a real scrape; a JSON log from a real `serve` process
+that holds JSON lines only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -333,3 +335,60 @@ class TestExportedSeries:
             for s in families[name].samples
         }
         assert methods == {"GET", "POST", "other"}
+
+
+class TestJsonLogs:
+    async def test_a_json_log_holds_json_lines_only(self, tmp_path: Path, mirror_db: Path) -> None:
+        """Errors aiohttp logs itself (a request it cannot parse) and a handler that raises
+        (a store that stopped answering) both arrive as JSON, tracebacks included."""
+        path = tmp_path / "mirror.db"
+        shutil.copy(mirror_db, path)
+        port = free_port()
+        config = write_config(
+            tmp_path, "http://127.0.0.1:9", f"[api]\nport = {port}\n", before_upstreams=True
+        )
+        process = await spawn("--config", config, "serve", "--no-sync")
+        try:
+            await wait_listening(port, process)
+            for request in (
+                b"GET /v0.1/ping HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nBad Header\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: zz\r\n\r\n",
+            ):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(request)
+                await writer.drain()
+                # aiohttp answers 400 and closes the connection.
+                assert b" 400 " in await asyncio.wait_for(reader.read(), 10)
+                writer.close()
+            wrong = tmp_path / "wrong.db"
+            with sqlite3.connect(wrong) as db:
+                db.execute("CREATE TABLE unrelated (x)")
+            os.replace(wrong, path)
+            async with aiohttp.ClientSession() as session:
+                status = 200
+                for _ in range(200):
+                    async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
+                        status = response.status
+                    if status != 200:
+                        break
+                    await asyncio.sleep(0.05)
+                assert status == 503
+                async with session.get(f"http://127.0.0.1:{port}/v0.1/servers") as response:
+                    assert response.status == 500
+        finally:
+            err = await stop(process)
+        lines = [line for line in err.splitlines() if line.strip()]
+        events = []
+        for line in lines:
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                pytest.fail(f"not a JSON line: {line!r}\n{err[-3000:]}")
+        parse_errors = [e for e in events if e.get("logger") == "aiohttp.server"]
+        assert len(parse_errors) >= 2, err[-3000:]
+        for event in parse_errors:
+            assert event["level"] == "error" and event["timestamp"]
+            assert event["exception"][0]["exc_type"] == "BadHttpMessage"
+        [raised] = [e for e in events if e["event"] == "http.error"]
+        assert raised["exception"][0]["exc_type"] == "OperationalError"
+        assert raised["request_id"] and raised["path"] == "/v0.1/servers"
