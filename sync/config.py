@@ -233,6 +233,9 @@ class ApiConfig(_Frozen):
     max_connections: int = Field(
         default=1000, ge=1, description="open client connections; more evict the longest-waiting"
     )
+    # "serve": /readyz is 200 while the store answers, however old its data (the mirror exists
+    # to ride out upstream outages); "fresh": 503 once an upstream is past its max_staleness.
+    readiness: Literal["serve", "fresh"] = "serve"
 
     @field_validator("base_path")
     @classmethod

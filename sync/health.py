@@ -7,21 +7,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sync.config import Config
-from sync.store.records import UpstreamState
+from sync.store.records import UpstreamState, format_stamp
 
-__all__ = ["readiness"]
+__all__ = ["readiness", "upstream_report"]
 
 
-def readiness(
+def upstream_report(
     config: Config, states: Mapping[str, UpstreamState], now: datetime
-) -> tuple[bool, list[dict[str, Any]]]:
-    """Ready when every upstream's last good pass is younger than its `max_staleness`.
-
-    A mirror that has never completed a pass is not ready: it would serve nothing, or a
-    half-written first listing. A failing upstream whose data is still fresh stays ready
-    (the mirror exists to ride out upstream faults) but is named in the report.
-    """
-    ready = True
+) -> list[dict[str, Any]]:
+    """Per configured upstream: `fresh`, `stale` (since when) or `never synced`, and, while its
+    passes fail, since when, how many in a row and the last error."""
     report: list[dict[str, Any]] = []
     for upstream in config.upstreams:
         state = states.get(upstream.name) or UpstreamState(upstream.name)
@@ -32,7 +27,6 @@ def readiness(
         }
         if state.last_success_at is None:
             entry["status"] = "never synced"
-            ready = False
         else:
             stale_at = datetime.fromisoformat(state.last_success_at) + timedelta(
                 seconds=upstream.staleness
@@ -40,14 +34,31 @@ def readiness(
             if now >= stale_at:
                 entry["status"] = "stale"
                 entry["stale_since"] = stale_at.isoformat().replace("+00:00", "Z")
-                ready = False
             else:
                 entry["status"] = "fresh"
         if state.failures:
             entry["failing_since"] = state.failing_since
             entry["consecutive_failures"] = state.failures
             entry["last_error"] = state.last_error
-        if state.circuit_until and state.circuit_until > now.isoformat():
+        if state.circuit_until and state.circuit_until > format_stamp(now):
             entry["circuit_open_until"] = state.circuit_until
         report.append(entry)
-    return ready, report
+    return report
+
+
+def readiness(
+    config: Config, states: Mapping[str, UpstreamState], now: datetime
+) -> tuple[bool, list[dict[str, Any]]]:
+    """Whether a mirror whose store has answered should take traffic, and why.
+
+    By default (`[api] readiness = "serve"`) it should, whatever its upstreams do: taking the
+    only replica out of its Service during an upstream outage, or on an air-gapped start, would
+    turn a stale mirror into no mirror at all. Staleness is reported, in the body, in
+    `/metrics` and by the alerts. `"fresh"` is for fleets with replicas to spare: ready only
+    while every upstream has a successful pass younger than its `max_staleness` (a mirror that
+    never completed one would serve nothing, or a half-written first listing).
+    """
+    report = upstream_report(config, states, now)
+    if config.api.readiness == "serve":
+        return True, report
+    return all(entry["status"] == "fresh" for entry in report), report

@@ -2,23 +2,45 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 from sync import __version__
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "method_label"]
 
 _PREFIX = "subregistry"
 _REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _PASS_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 1800, 3600, 7200)
+# Any token is a valid HTTP method: a client must not be able to mint label values.
+_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
+
+
+def method_label(method: str) -> str:
+    """The request method as a label value: the standard ones, else `other`."""
+    return method if method in _METHODS else "other"
 
 
 class Metrics:
-    """Every series the daemon exports. Labels are bounded: upstream names, rule names, routes."""
+    """Every series the daemon exports. Labels are bounded: upstream names, rule names, routes,
+    standard methods, status codes."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        # The standard process_* and python_* series that prometheus_client's default registry
+        # carries (a registry passed in, such as that one, brings its own).
+        if registry is None:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
         self.sync_runs = Counter(
             f"{_PREFIX}_sync_runs",
             "Sync passes by outcome",
@@ -32,9 +54,36 @@ class Metrics:
             buckets=_PASS_BUCKETS,
             registry=r,
         )
+        # The five per-upstream gauges below are read from the store at scrape time, for every
+        # configured upstream from start-up on: restarts and API replicas export them too.
         self.last_success = Gauge(
             f"{_PREFIX}_sync_last_success_timestamp_seconds",
-            "Unix time at which the last pass of this upstream completed",
+            "Unix time at which the last pass of this upstream completed; 0 if none ever did",
+            ["upstream"],
+            registry=r,
+        )
+        self.last_attempt = Gauge(
+            f"{_PREFIX}_sync_last_attempt_timestamp_seconds",
+            "Unix time at which the last pass of this upstream ended, whatever its outcome; "
+            "0 if none has",
+            ["upstream"],
+            registry=r,
+        )
+        self.consecutive_failures = Gauge(
+            f"{_PREFIX}_sync_consecutive_failures",
+            "Passes of this upstream failed in a row since its last success",
+            ["upstream"],
+            registry=r,
+        )
+        self.failing_since = Gauge(
+            f"{_PREFIX}_sync_failing_since_timestamp_seconds",
+            "Unix time of the first failed pass since the last success; 0 while not failing",
+            ["upstream"],
+            registry=r,
+        )
+        self.max_staleness = Gauge(
+            f"{_PREFIX}_sync_max_staleness_seconds",
+            "The upstream's configured max_staleness: older data is stale",
             ["upstream"],
             registry=r,
         )
@@ -93,7 +142,7 @@ class Metrics:
         self.http_duration = Histogram(
             f"{_PREFIX}_http_request_duration_seconds",
             "API request latency by route template",
-            ["route"],
+            ["route", "method", "status"],
             buckets=_REQUEST_BUCKETS,
             registry=r,
         )
@@ -104,3 +153,9 @@ class Metrics:
             registry=r,
         )
         self.build_info.labels(version=__version__).set(1)
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One API request, counted and timed under the same bounded labels."""
+        labels = (route, method_label(method), str(status))
+        self.http_requests.labels(*labels).inc()
+        self.http_duration.labels(*labels).observe(seconds)

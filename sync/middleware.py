@@ -51,9 +51,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     finally:
         elapsed = time.perf_counter() - started
         route = _route(request)
-        metrics = request.app[METRICS]
-        metrics.http_requests.labels(route, request.method, str(status)).inc()
-        metrics.http_duration.labels(route).observe(elapsed)
+        request.app[METRICS].observe_request(route, request.method, status, elapsed)
         log.debug(
             "http.request",
             method=request.method,

@@ -9,17 +9,27 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sync.api import CLOCK, CONFIG, METRICS, READER, VIEW
 from sync.health import readiness
-from sync.store import Reader, format_stamp
+from sync.store import ListQuery, Reader, format_stamp
+from sync.store.records import UpstreamState
 
 __all__ = ["add_ops_routes"]
 
 _GAUGE_TTL = 10.0  # seconds; scrapes more often than this reuse the last counts
 _REFRESHED: web.AppKey[list[datetime]] = web.AppKey("gauges_refreshed")
+# Passes looked at for the last one that ended: only the newest can still be running.
+_RECENT_PASSES = 3
+
+
+def _epoch(stamp: str | None) -> float:
+    """A stored stamp as Unix time; 0 for none, as Prometheus exporters say "never"."""
+    return datetime.fromisoformat(stamp).timestamp() if stamp else 0.0
 
 
 async def _refresh_gauges(app: web.Application, now: datetime) -> None:
     """Values that live in the store are read at scrape time, so API replicas that never
-    sync export them too, and a restart does not reset them."""
+    sync export them too, a restart during an outage neither resets nor hides them, and every
+    configured upstream has its series from the first scrape on (an alert can only fire on a
+    series that exists)."""
     last = app[_REFRESHED]
     if last and (now - last[0]).total_seconds() < _GAUGE_TTL:
         return
@@ -33,13 +43,21 @@ async def _refresh_gauges(app: web.Application, now: datetime) -> None:
     states = await reader.upstream_states()
     current = format_stamp(now)
     for upstream in config.upstreams:
-        state = states.get(upstream.name)
-        metrics.quarantined.labels(upstream.name).set(quarantined.get(upstream.name, 0))
-        until = state.circuit_until if state is not None else None
-        metrics.circuit_open.labels(upstream.name).set(1 if until and until > current else 0)
-        if state is not None and state.last_success_at:
-            success = datetime.fromisoformat(state.last_success_at).timestamp()
-            metrics.last_success.labels(upstream.name).set(success)
+        name = upstream.name
+        state = states.get(name) or UpstreamState(name)
+        metrics.quarantined.labels(name).set(quarantined.get(name, 0))
+        until = state.circuit_until
+        metrics.circuit_open.labels(name).set(1 if until and until > current else 0)
+        metrics.max_staleness.labels(name).set(upstream.staleness)
+        metrics.last_success.labels(name).set(_epoch(state.last_success_at))
+        metrics.consecutive_failures.labels(name).set(state.failures)
+        # A failure recorded before failing_since existed (migration 0002) has only its time.
+        failing = (state.failing_since or state.last_error_at) if state.failures else None
+        metrics.failing_since.labels(name).set(_epoch(failing))
+        # Interrupted and skipped passes end too: "any outcome" is in the passes table only.
+        ended = [p.ended_at for p in await reader.passes(name, _RECENT_PASSES) if p.ended_at]
+        ended += [s for s in (state.last_success_at, state.last_error_at) if s]
+        metrics.last_attempt.labels(name).set(_epoch(max(ended, default=None)))
     last[:] = [now]
 
 
@@ -56,16 +74,29 @@ async def healthz(_: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """200 while the mirror can answer (see `sync.health.readiness` for the strict mode); the
+    body says how fresh each upstream is either way. A store that cannot answer is a 503."""
+    app = request.app
+    mode = app[CONFIG].api.readiness
     try:
-        states = await request.app[READER].upstream_states()
+        # The read a client's first list request makes, through the same reader: the file
+        # opening is not enough (a replaced or damaged file opens and then fails every query).
+        await app[READER].list_servers(ListQuery(app[VIEW], 1))
+        states = await app[READER].upstream_states()
     except Exception as exc:
         return web.json_response(
-            {"ready": False, "store": f"unavailable: {type(exc).__name__}"}, status=503
+            {"ready": False, "readiness": mode, "store": f"unavailable: {type(exc).__name__}"},
+            status=503,
         )
-    ready, upstreams = readiness(request.app[CONFIG], states, request.app[CLOCK]())
-    return web.json_response(
-        {"ready": ready, "store": "ok", "upstreams": upstreams}, status=200 if ready else 503
-    )
+    ready, upstreams = readiness(app[CONFIG], states, app[CLOCK]())
+    body = {
+        "ready": ready,
+        "readiness": mode,
+        "store": "ok",
+        "fresh": all(u["status"] == "fresh" for u in upstreams),
+        "upstreams": upstreams,
+    }
+    return web.json_response(body, status=200 if ready else 503)
 
 
 def add_ops_routes(app: web.Application) -> None:

@@ -11,6 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 from prometheus_client import generate_latest
@@ -33,21 +34,37 @@ def exported_series() -> set[str]:
     for name in ("sync_runs",):
         getattr(metrics, name).labels("a", "b", "c").inc(0)
     metrics.sync_duration.labels("a", "b").observe(0)
-    metrics.last_success.labels("a").set(0)
+    for gauge in (
+        metrics.last_success,
+        metrics.last_attempt,
+        metrics.consecutive_failures,
+        metrics.failing_since,
+        metrics.max_staleness,
+    ):
+        gauge.labels("a").set(0)
     metrics.sync_entries.labels("a", "b").inc(0)
     metrics.upstream_requests.labels("a", "b").inc(0)
     metrics.upstream_duration.labels("a").observe(0)
     metrics.rule_hits.labels("a").inc(0)
     metrics.circuit_open.labels("a").set(0)
     metrics.http_requests.labels("a", "b", "c").inc(0)
-    metrics.http_duration.labels("a").observe(0)
+    metrics.http_duration.labels("a", "b", "c").observe(0)
     text = generate_latest(metrics.registry).decode()
     samples = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
     return {name for name in samples if not name.endswith("_created")}
 
 
 def referenced_series(text: str) -> set[str]:
-    return set(re.findall(r"\bsubregistry_[a-z_]+", text))
+    return set(re.findall(r"\b(?:subregistry|process|python)_[a-z_]+", text))
+
+
+def manifest(name: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((DEPLOY / "kubernetes" / name).read_text()) if d]
+
+
+def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    [doc] = [d for d in docs if d["kind"] == kind]
+    return doc
 
 
 @pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: str(p.relative_to(DEPLOY)))
@@ -79,15 +96,24 @@ def test_kubernetes_manifests_validate() -> None:
             "-k",
             "1.30.0",
             str(DEPLOY / "kubernetes" / "subregistry.yaml"),
+            str(DEPLOY / "kubernetes" / "ingress.yaml"),
         ],
         capture_output=True,
         text=True,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "subregistry.yaml").read_text()))
+    assert "passed for resource ingress/subregistry" in result.stdout + result.stderr
+    docs = manifest("subregistry.yaml")
     kinds = {d["kind"] for d in docs}
-    assert kinds == {"ConfigMap", "PersistentVolumeClaim", "Deployment", "Service"}
+    assert kinds == {
+        "ConfigMap",
+        "PersistentVolumeClaim",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    }
     [deployment] = [d for d in docs if d["kind"] == "Deployment"]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -95,6 +121,119 @@ def test_kubernetes_manifests_validate() -> None:
     [configmap] = [d for d in docs if d["kind"] == "ConfigMap"]
     config = config_from_mapping(tomllib.loads(configmap["data"]["subregistry.toml"]))
     assert str(config.storage.path).startswith("/data")
+    # The only replica stays in its Service through an upstream outage.
+    assert deployment["spec"]["replicas"] == 1 and config.api.readiness == "serve"
+
+
+def test_kubernetes_budget_policy_and_ingress_fit_the_deployment() -> None:
+    docs = manifest("subregistry.yaml")
+    deployment, service = one(docs, "Deployment"), one(docs, "Service")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    port_names = {p["name"] for p in container["ports"]}
+
+    budget = one(docs, "PodDisruptionBudget")
+    assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    # One replica: a budget that forbids evicting it would block every node drain.
+    assert budget["spec"]["maxUnavailable"] == 1 and "minAvailable" not in budget["spec"]
+
+    policy = one(docs, "NetworkPolicy")["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    [ingress_rule] = policy["ingress"]
+    assert {p["port"] for p in ingress_rule["ports"]} <= port_names
+    egress = {(p["port"], p["protocol"]) for rule in policy["egress"] for p in rule["ports"]}
+    assert {(53, "UDP"), (53, "TCP"), (443, "TCP")} <= egress
+
+    [ingress] = manifest("ingress.yaml")
+    service_ports = {p["name"] for p in service["spec"]["ports"]}
+    paths = []
+    for rule in ingress["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            backend = path["backend"]["service"]
+            assert backend["name"] == service["metadata"]["name"]
+            assert backend["port"]["name"] in service_ports
+            paths.append(path["path"])
+    # The registry API only: /metrics, /healthz and /readyz stay inside the cluster.
+    assert sorted(paths) == ["/openapi.yaml", "/v0", "/v0.1"]
+
+
+# The part of the Prometheus Operator's ServiceMonitor CRD this kit uses; unknown keys fail
+# (kubernetes-validate knows no CRDs).
+SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
+        "spec": {
+            "type": "object",
+            "required": ["selector", "endpoints"],
+            "additionalProperties": False,
+            "properties": {
+                "selector": {
+                    "type": "object",
+                    "required": ["matchLabels"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "matchLabels": {
+                            "type": "object",
+                            "additionalProperties": {"type": "string"},
+                        }
+                    },
+                },
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["port"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string", "pattern": "^/"},
+                            "interval": {"type": "string", "pattern": "^([0-9]+(ms|s|m|h))+$"},
+                            "scrapeTimeout": {
+                                "type": "string",
+                                "pattern": "^([0-9]+(ms|s|m|h))+$",
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def test_service_monitor_scrapes_the_service() -> None:
+    [monitor] = manifest("servicemonitor.yaml")
+    jsonschema.validate(monitor, SERVICE_MONITOR_SCHEMA)
+    service = one(manifest("subregistry.yaml"), "Service")
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+    # The operator names the job after the Service: the one SubregistryDown watches.
+    assert (
+        f'up{{job="{service["metadata"]["name"]}"}}'
+        in (DEPLOY / "prometheus/alerts.yml").read_text()
+    )
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(
+            {**monitor, "spec": {**monitor["spec"], "endpoint": []}}, SERVICE_MONITOR_SCHEMA
+        )
 
 
 def test_container_config_and_dockerfile() -> None:
@@ -117,16 +256,64 @@ def test_container_config_and_dockerfile() -> None:
 def test_compose_references_existing_files() -> None:
     compose: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"subregistry", "prometheus"}
-    for volume in services["prometheus"]["volumes"]:
-        assert (DEPLOY / volume.split(":")[0]).exists(), volume
+    assert set(services) == {"subregistry", "prometheus", "alertmanager", "grafana"}
+    mounts: dict[str, dict[str, Path]] = {}
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source, target = volume.split(":")[:2]
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), volume
+                mounts.setdefault(name, {})[target] = DEPLOY / source
     assert (
         DEPLOY
         / services["subregistry"]["build"]["context"]
         / services["subregistry"]["build"]["dockerfile"]
     ).exists()
-    scrape = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
-    assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == ["subregistry:8080"]
+
+    def ports(service: str) -> set[str]:
+        return {p.split(":")[-1] for p in services[service]["ports"]}
+
+    prometheus = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
+    assert prometheus["scrape_configs"][0]["static_configs"][0]["targets"] == ["subregistry:8080"]
+    assert prometheus["scrape_configs"][0]["job_name"] == "subregistry"
+    [alerting] = prometheus["alerting"]["alertmanagers"]
+    [target] = alerting["static_configs"][0]["targets"]
+    host, port = target.split(":")
+    assert host == "alertmanager" and port in ports("alertmanager")
+    # The rule files Prometheus loads are the ones in this directory, mounted beside it.
+    for rule_file in prometheus["rule_files"]:
+        assert f"/etc/prometheus/{rule_file}" in mounts["prometheus"]
+
+    # Alertmanager runs the shipped configuration; its routes and inhibitions name real
+    # receivers and real alerts.
+    [am_flag] = services["alertmanager"]["command"]
+    am_config = mounts["alertmanager"][am_flag.split("=", 1)[1]]
+    manager = yaml.safe_load(am_config.read_text())
+    receivers = {r["name"] for r in manager["receivers"]}
+    routes = [manager["route"], *manager["route"].get("routes", [])]
+    assert {r["receiver"] for r in routes} <= receivers
+    alerts = yaml.safe_load((DEPLOY / "prometheus/alerts.yml").read_text())
+    alert_names = {r["alert"] for g in alerts["groups"] for r in g["rules"]}
+    for rule in manager["inhibit_rules"]:
+        for matcher in rule["source_matchers"] + rule["target_matchers"]:
+            if matcher.startswith("alertname="):
+                assert matcher.split("=", 1)[1].strip('"') in alert_names, matcher
+
+    # Grafana: the data source is compose's Prometheus, the dashboard provider reads the
+    # directory the shipped dashboard is mounted in.
+    grafana = mounts["grafana"]
+    provisioning = grafana["/etc/grafana/provisioning"]
+    [source] = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())[
+        "datasources"
+    ]
+    assert source["type"] == "prometheus" and source["isDefault"] is True
+    assert source["url"] == f"http://prometheus:{sorted(ports('prometheus'))[0]}"
+    [provider] = yaml.safe_load((provisioning / "dashboards/subregistry.yml").read_text())[
+        "providers"
+    ]
+    dashboards = {target: path for target, path in grafana.items() if path.suffix == ".json"}
+    assert {str(Path(t).parent) for t in dashboards} == {provider["options"]["path"]}
+    assert set(dashboards.values()) == {DEPLOY / "grafana/subregistry-dashboard.json"}
 
 
 PROMTOOL = shutil.which("promtool")
@@ -163,6 +350,25 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_systemd_unit_is_hardened() -> None:
+    """`systemd-analyze security` rates the unit "OK": an exposure of 2.0 or less."""
+    result = subprocess.run(
+        [
+            "systemd-analyze",
+            "security",
+            "--offline=true",
+            str(DEPLOY / "systemd/subregistry.service"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", result.stdout)
+    assert match is not None, result.stdout + result.stderr
+    assert float(match[1]) <= 2.0, result.stdout
+
+
 def test_alerts_and_dashboard_use_only_exported_series() -> None:
     exported = exported_series()
     alerts = (DEPLOY / "prometheus/alerts.yml").read_text()
@@ -174,8 +380,11 @@ def test_alerts_and_dashboard_use_only_exported_series() -> None:
     def base(name: str) -> str:
         return re.sub(r"_(total|bucket|count|sum)$", "", name)
 
-    # The dashboard shows every series the daemon exports.
-    assert {base(n) for n in exported} == {base(n) for n in referenced_series(exprs)}
+    # The dashboard shows every series the daemon exports itself, and a few standard ones.
+    own = {base(n) for n in exported if n.startswith("subregistry_")}
+    shown = {base(n) for n in referenced_series(exprs)}
+    assert own == {n for n in shown if n.startswith("subregistry_")}
+    assert {"process_cpu_seconds", "process_resident_memory_bytes", "process_open_fds"} <= shown
 
 
 def test_file_descriptor_limits_fit_the_connection_bound() -> None:

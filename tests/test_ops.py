@@ -154,14 +154,26 @@ class TestMetrics:
             )
             == 1
         )
-        assert value(second, f"{s}http_request_duration_seconds_count", route="/v0/servers") == 1
+        assert (
+            value(
+                second,
+                f"{s}http_request_duration_seconds_count",
+                route="/v0/servers",
+                method="GET",
+                status="200",
+            )
+            == 1
+        )
 
 
 class TestReadiness:
     async def test_readyz_follows_staleness(
         self, make_config: Callable[..., Config], fake_url: str, fake: FakeRegistry
     ) -> None:
-        config = make_config({"name": "official", "url": fake_url, "interval": "10m"})
+        # The strict mode: readiness follows staleness (the default is tests/test_ops_outages.py).
+        config = make_config(
+            {"name": "official", "url": fake_url, "interval": "10m"}, api={"readiness": "fresh"}
+        )
         clock = Clock()
         store = await Store.open(config.storage.path)
         engine = Engine(config, store, Metrics(), sleep=no_sleep, clock=clock)
