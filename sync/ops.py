@@ -7,7 +7,7 @@ from datetime import datetime
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sync.api import CLOCK, CONFIG, METRICS, READER, VIEW
+from sync.api import CLOCK, LIVE, METRICS, READER, VIEW
 from sync.health import readiness
 from sync.store import ListQuery, Reader, format_stamp
 from sync.store.records import UpstreamState
@@ -34,7 +34,7 @@ async def _refresh_gauges(app: web.Application, now: datetime) -> None:
     if last and (now - last[0]).total_seconds() < _GAUGE_TTL:
         return
     reader: Reader = app[READER]
-    metrics, config = app[METRICS], app[CONFIG]
+    metrics, config = app[METRICS], app[LIVE].config
     by_status, servers = await reader.served_counts(app[VIEW])
     for status in ("active", "deprecated", "deleted"):
         metrics.served_versions.labels(status).set(by_status.get(status, 0))
@@ -77,7 +77,7 @@ async def readyz(request: web.Request) -> web.Response:
     """200 while the mirror can answer (see `sync.health.readiness` for the strict mode); the
     body says how fresh each upstream is either way. A store that cannot answer is a 503."""
     app = request.app
-    mode = app[CONFIG].api.readiness
+    mode = app[LIVE].config.api.readiness
     try:
         # The read a client's first list request makes, through the same reader: the file
         # opening is not enough (a replaced or damaged file opens and then fails every query).
@@ -88,7 +88,7 @@ async def readyz(request: web.Request) -> web.Response:
             {"ready": False, "readiness": mode, "store": f"unavailable: {type(exc).__name__}"},
             status=503,
         )
-    ready, upstreams = readiness(app[CONFIG], states, app[CLOCK]())
+    ready, upstreams = readiness(app[LIVE].config, states, app[CLOCK]())
     body = {
         "ready": ready,
         "readiness": mode,

@@ -185,3 +185,11 @@ class TestReload:
                 break
         assert status == 200
         assert os.path.exists(tmp_path / "mirror.db.sock")
+        # Readiness and the metrics speak of the upstreams now configured.
+        _, ready = await daemon.get("/readyz")
+        assert [u["upstream"] for u in ready["upstreams"]] == ["private", "official"]
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(daemon.base + "/metrics") as response,
+        ):
+            assert 'upstream="private"' in await response.text()
