@@ -24,6 +24,7 @@ import structlog
 
 from sync import __version__
 from sync.app import create_app
+from sync.checks import check
 from sync.config import DEFAULT_VIEW, Config, load_config
 from sync.curation import Curator
 from sync.engine import Engine
@@ -62,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--json", action="store_true", help="machine-readable output")
     export = commands.add_parser("export", help="write the served catalogue as a list envelope")
     export.add_argument("--output", type=Path, help="file to write (default: standard output)")
+    check = commands.add_parser("check", help="validate the configuration; never opens the store")
+    # Here too, as operators type it after the command; SUPPRESS keeps a --config given first.
+    check.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    check.add_argument("--online", action="store_true", help="also read each upstream once")
     return parser
 
 
@@ -129,6 +134,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         return _run(_explain(config, args.name, args.version, as_json=args.json))
     if args.command == "export":
         return _run(_export(config, args.output))
+    if args.command == "check":
+        return _run(check(config, online=args.online, out=sys.stdout))
     raise AssertionError(f"unhandled command {args.command}")
 
 

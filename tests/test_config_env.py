@@ -1,19 +1,23 @@
 """Configuration from the environment, paths relative to the file, interval floors, ISO 8601
-durations (issue #11)."""
+durations, and `subregistry check` (issue #11)."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestServer
 from pydantic import BaseModel
 
 from sync import config as config_module
 from sync.config import Config, FilterConfig, load_config, parse_duration
 from sync.errors import ConfigError
-from tests.cli_helpers import run, write_config
+from tests.cli_helpers import TOKEN, run, write_config
+from tests.fake_upstream import FakeRegistry
 
 ROOT = Path(__file__).parent.parent
 HTTP = '[[upstreams]]\nname = "official"\nurl = "https://registry.example.org"\n'
@@ -333,3 +337,86 @@ def test_a_duration_is_finite(value: object) -> None:
 def test_toml_infinity_is_no_interval(tmp_path: Path) -> None:
     path = _file(tmp_path, f"{HTTP}interval = inf\n")
     assert "\n  upstreams[0].interval: " in _error(path, {})
+
+
+class TestCheck:
+    @staticmethod
+    def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+        return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+
+    async def test_a_good_configuration_exits_0_without_touching_the_store(
+        self, tmp_path: Path
+    ) -> None:
+        store = tmp_path / "state"
+        path = _file(
+            tmp_path,
+            f'[storage]\npath = "state/mirror.db"\n{HTTP}'
+            '[filter]\nexclude = ["io.github.spam/*"]\n[[enrich]]\nmatch = "a/*"\nmeta = {x = 1}\n',
+        )
+        code, out, err = await run("check", "--config", path)
+        assert (code, err) == (0, "")
+        assert out == (
+            "configuration ok: 1 upstream (official: https://registry.example.org), 2 rules, "
+            f"storage {store / 'mirror.db'}\n"
+        )
+        assert not store.exists()
+        # An existing mirror: not a byte, not a timestamp, not a new file (no -wal, no lock).
+        store.mkdir()
+        (store / "mirror.db").write_bytes(b"not even SQLite")
+        before = self._snapshot(tmp_path)
+        code, _, _ = await run("--config", path, "check")
+        assert code == 0 and self._snapshot(tmp_path) == before
+
+    async def test_a_bad_configuration_exits_2_naming_the_key(self, tmp_path: Path) -> None:
+        path = _file(tmp_path, f'[storage]\npath = "state/m.db"\n{HTTP}page_size = 500\n')
+        code, out, err = await run("check", "--config", path)
+        assert (code, out) == (2, "")
+        assert err == (
+            "subregistry: invalid configuration:\n"
+            "  upstreams[0].page_size: Input should be less than or equal to 100\n"
+        )
+        assert not (tmp_path / "state").exists()
+
+    async def test_online_probes_each_upstream_once(
+        self, tmp_path: Path, fake: FakeRegistry, fake_url: str
+    ) -> None:
+        servers = tmp_path / "servers.json"
+        servers.write_text(json.dumps([{"name": "com.example/a", "version": "1.0.0"}]))
+        config = write_config(
+            tmp_path,
+            fake_url,
+            f'[[upstreams]]\nname = "private"\npath = "{servers.name}"\ninterval = "5s"\n',
+        )
+        code, out, err = await run("--config", config, "check", "--online")
+        assert code == 0, err
+        lines = out.splitlines()
+        assert lines[1] == (f"official: ok: GET {fake_url}/v0.1/servers?limit=1: 1 entry")
+        assert lines[2] == f"private: ok: {servers}: 1 entry"
+        assert fake.requests == [{"limit": "1"}]
+        assert TOKEN not in out + err
+        assert not (tmp_path / "mirror.db").exists()
+
+    async def test_online_reports_each_failure_and_exits_1(self, tmp_path: Path) -> None:
+        denied = FakeRegistry([])
+        denied.fail(401, "no")
+        server = TestServer(denied.app())
+        await server.start_server()
+        try:
+            url = str(server.make_url("")).rstrip("/")
+            config = write_config(
+                tmp_path,
+                url,
+                '[[upstreams]]\nname = "down"\nurl = "http://127.0.0.1:9"\n'
+                '[[upstreams]]\nname = "private"\npath = "missing.json"\n',
+            )
+            code, out, err = await run("--config", config, "check", "--online")
+        finally:
+            await server.close()
+        assert code == 1, err
+        official, down, private = out.splitlines()[1:]
+        assert official == "official: FAILED: HTTP 401 for /v0.1/servers"
+        assert down.startswith("down: FAILED: Cannot connect to host 127.0.0.1:9")
+        assert private == f"private: FAILED: cannot read {tmp_path / 'missing.json'}: " + (
+            os.strerror(2)
+        )
+        assert denied.requests == [{"limit": "1"}]  # one request, no retry
