@@ -33,7 +33,9 @@ from sync.explain import explain, render
 from sync.logs import configure_logging
 from sync.metrics import Metrics
 from sync.server import serve
-from sync.store import PassCounts, Reader, Store, records
+from sync.status import collect as collect_status
+from sync.status import render as render_status
+from sync.store import PassCounts, Reader, Store
 
 __all__ = ["main"]
 
@@ -236,72 +238,12 @@ def _serve(config: Config, *, sync: bool) -> int:
 
 async def _status(config: Config, *, as_json: bool, out: TextIO) -> int:
     async with _reading(config) as reader:
-        states = await reader.upstream_states()
-        held = await reader.held()
-        quarantine = await reader.quarantine()
-        hits = await reader.rule_hits(DEFAULT_VIEW)
-        report: dict[str, Any] = {"upstreams": [], "rule_hits": hits}
-        for upstream in config.upstreams:
-            state = states.get(upstream.name, records.UpstreamState(upstream.name))
-            kept, removed = held.get(upstream.name, (0, 0))
-            report["upstreams"].append(
-                {
-                    "name": upstream.name,
-                    "source": upstream.url or str(upstream.path),
-                    "headers": dict.fromkeys(upstream.headers, "***"),
-                    "checkpoint": state.checkpoint,
-                    "last_success": state.last_success_at,
-                    "last_full": state.last_full_at,
-                    "last_error": state.last_error,
-                    "last_error_at": state.last_error_at,
-                    "consecutive_failures": state.failures,
-                    "circuit_open_until": state.circuit_until,
-                    "pass_in_progress": state.pass_id is not None,
-                    "versions_held": kept,
-                    "versions_removed": removed,
-                    "quarantined": [
-                        {"key": q.key, "reason": q.reason, "last_seen": q.last_seen}
-                        for q in quarantine
-                        if q.upstream == upstream.name
-                    ],
-                    "recent_passes": [
-                        {
-                            "id": p.id,
-                            "mode": p.mode,
-                            "started": p.started_at,
-                            "ended": p.ended_at,
-                            "outcome": p.outcome,
-                            "error": p.error,
-                            "checkpoint": p.checkpoint,
-                            "resumed_from": p.resumed_from,
-                            **p.counts,
-                        }
-                        for p in await reader.passes(upstream.name, limit=10)
-                    ],
-                }
-            )
+        report = await collect_status(config, reader)
     if as_json:
         json.dump(report, out, indent=2)
         out.write("\n")
-        return 0
-    for u in report["upstreams"]:
-        out.write(
-            f"{u['name']} ({u['source']})\n"
-            f"  checkpoint:      {u['checkpoint'] or '-'}\n"
-            f"  last success:    {u['last_success'] or 'never'}\n"
-            f"  last error:      {u['last_error'] or '-'}"
-            f"{' at ' + u['last_error_at'] if u['last_error_at'] else ''}\n"
-            f"  versions held:   {u['versions_held']} ({u['versions_removed']} removed)\n"
-            f"  quarantined:     {len(u['quarantined'])}\n"
-        )
-        if u["circuit_open_until"]:
-            out.write(f"  circuit open until {u['circuit_open_until']}\n")
-        for q in u["quarantined"][:20]:
-            out.write(f"    {q['key']}: {q['reason']}\n")
-    if hits:
-        out.write("rule hits:\n")
-        for rule, count in sorted(hits.items()):
-            out.write(f"  {rule}: {count}\n")
+    else:
+        out.write(render_status(report))
     return 0
 
 
