@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
 import sqlite3
@@ -18,7 +19,7 @@ import threading
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, TextIO, TypeVar, cast
 
 import structlog
 
@@ -98,7 +99,7 @@ def _command(args: argparse.Namespace) -> int:
     path: Path | None = None
     try:
         config = load_config(args.config)
-        configure_logging(config.logging)
+        configure_logging(config.logging, cast(TextIO, _STDERR))
         path = config.storage.path
         code = _dispatch(args, config)
         # A reader that closed our pipe shows here, not in the interpreter's last flush.
@@ -195,11 +196,47 @@ async def _writing(config: Config, *, existing: bool = False) -> AsyncIterator[S
         await store.close()
 
 
+class _Stderr(io.TextIOBase):
+    """Standard error with a progress line at its foot: anything else written there (a log
+    event, a warning) first erases the line, so it starts at the left margin instead of after
+    the progress text; the next progress update draws the line again."""
+
+    def __init__(self) -> None:
+        self._drawn = False
+
+    def draw(self, text: str) -> None:
+        sys.stderr.write(f"\r\033[K{text}")
+        sys.stderr.flush()
+        self._drawn = True
+
+    def erase(self) -> None:
+        if self._drawn:
+            self._drawn = False
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+    def write(self, text: str) -> int:
+        if text:
+            self.erase()
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+    def fileno(self) -> int:
+        return sys.stderr.fileno()
+
+
+_STDERR = _Stderr()
+
+
 def _progress(upstream: str, counts: PassCounts) -> None:
     """One self-overwriting line on a terminal; never written when stderr is not a tty."""
     seen = counts.inserted + counts.updated + counts.unchanged + counts.quarantined
-    sys.stderr.write(f"\r\033[K{upstream}: {counts.pages} pages, {seen} entries")
-    sys.stderr.flush()
+    _STDERR.draw(f"{upstream}: {counts.pages} pages, {seen} entries")
 
 
 async def _sync(config: Config, *, full: bool, only: str | None) -> int:
@@ -212,12 +249,12 @@ async def _sync(config: Config, *, full: bool, only: str | None) -> int:
             failed = False
             for name in names:
                 result = await engine.run(name, full=full, ignore_circuit=True)
-                if sys.stderr.isatty():
-                    sys.stderr.write("\r\033[K")
+                _STDERR.erase()  # the summary, on stdout, may share the terminal
                 print(result.summary(), flush=True)
                 failed |= result.outcome != "ok"
             return 1 if failed else 0
         finally:
+            _STDERR.erase()  # a failure's one line must not start after the progress text
             await engine.close()
 
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import pty
+import re
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -179,3 +184,67 @@ class TestStatus:
             assert f"  pass running:    #{pass_id}\n" in out
         finally:
             await store.close()
+
+
+def _screen(text: str) -> list[str]:
+    """The lines a terminal shows for `text`: carriage return, erase to end of line, newline."""
+    lines: list[str] = []
+    line: list[str] = []
+    col = 0
+    for part in re.split(r"(\x1b\[K|\r|\n)", text):
+        if part == "\x1b[K":
+            del line[col:]
+        elif part == "\r":
+            col = 0
+        elif part == "\n":
+            lines.append("".join(line))
+            line, col = [], 0
+        else:
+            line[col : col + len(part)] = part
+            col += len(part)
+    return [*lines, "".join(line)] if line else lines
+
+
+async def _on_a_terminal(*args: str | Path) -> tuple[int, str]:
+    """`python -m sync ARGS` with stdout and stderr on one pseudo-terminal, read as it runs."""
+    leader, follower = pty.openpty()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sync", *map(str, args), stdout=follower, stderr=follower
+    )
+    os.close(follower)
+
+    def drain() -> bytes:
+        chunks = []
+        while True:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # EIO: the child's side is closed
+                break
+            if not data:
+                break
+            chunks.append(data)
+        return b"".join(chunks)
+
+    try:
+        raw = await asyncio.to_thread(drain)
+        return await process.wait(), raw.decode()
+    finally:
+        os.close(leader)
+
+
+class TestProgress:
+    async def test_every_line_after_the_progress_line_starts_clean(
+        self, tmp_path: Path, catalogue: list[dict[str, Any]]
+    ) -> None:
+        async with _serving(_small_registry(catalogue)) as url:
+            config = write_config(tmp_path, url)
+            code, raw = await _on_a_terminal("--config", config, "sync")
+        assert code == 0, raw
+        assert "\r\x1b[Kofficial: 3 pages, 300 entries" in raw  # the progress line was drawn
+        screen = [line for line in _screen(raw) if line]
+        assert screen[-1].startswith("official: ok full pass in ")
+        assert ", 4 pages, 300 inserted, " in screen[-1]  # then the official empty page
+        # Log events (JSON lines) and the summary each begin at the margin: no progress text
+        # is left in front of them, and none is left on the screen.
+        for line in screen[:-1]:
+            assert line.startswith("{") and json.loads(line)["event"], line
