@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import os
 import pty
 import re
 import sys
+import tomllib
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +19,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from sync import __version__
 from sync.store import Store
 from tests.cli_helpers import TOKEN, run, write_config
 from tests.fake_upstream import FakeRegistry
@@ -248,3 +251,30 @@ class TestProgress:
         # is left in front of them, and none is left on the screen.
         for line in screen[:-1]:
             assert line.startswith("{") and json.loads(line)["event"], line
+
+
+class TestPackaging:
+    PYPROJECT = Path(__file__).parent.parent / "pyproject.toml"
+
+    def test_the_version_is_written_once(self) -> None:
+        project = tomllib.loads(self.PYPROJECT.read_text())
+        assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+        dynamic = project["tool"]["setuptools"]["dynamic"]["version"]
+        assert dynamic == {"attr": "sync.__version__"}
+
+    def test_installed_metadata_carries_that_version(self) -> None:
+        assert importlib.metadata.version("mcp-subregistry") == __version__
+
+    async def test_the_command_prints_it(self) -> None:
+        code, out, _ = await run("--version")
+        assert (code, out) == (0, f"subregistry {__version__}\n")
+
+    def test_the_license_is_declared_as_pep_639_asks(self) -> None:
+        project = tomllib.loads(self.PYPROJECT.read_text())
+        assert project["project"]["license"] == "MIT"
+        assert project["project"]["license-files"] == ["LICENSE"]
+        license_text = (self.PYPROJECT.parent / "LICENSE").read_text()
+        assert license_text.startswith("MIT License\n")
+        # License expressions need setuptools 77; older ones reject the table-less form.
+        assert "setuptools>=77" in project["build-system"]["requires"]
+        assert not any(c.startswith("License ::") for c in project["project"]["classifiers"])
