@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["HOME", "USER_AGENT", "__version__"]
+__all__ = ["USER_AGENT", "__version__"]
 
 # The one place the version is written: pyproject.toml reads it (setuptools dynamic version).
 __version__ = "0.1.0"
-HOME = "https://github.com/mcp-subregistry/mcp-subregistry"
-# Upstream operators see who polls them and where to read about it.
-USER_AGENT = f"mcp-subregistry/{__version__} (+{HOME})"
+USER_AGENT = f"mcp-subregistry/{__version__} (+https://github.com/modelcontextprotocol/registry)"
