@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
 import sqlite3
@@ -18,12 +19,13 @@ import threading
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, TextIO, TypeVar, cast
 
 import structlog
 
 from sync import __version__, control
 from sync.app import create_app
+from sync.checks import check
 from sync.config import DEFAULT_VIEW, Config, load_config
 from sync.curation import Curator
 from sync.engine import Engine
@@ -33,7 +35,9 @@ from sync.logs import configure_logging
 from sync.metrics import Metrics
 from sync.reload import reload
 from sync.server import serve
-from sync.store import PassCounts, Reader, Store, records
+from sync.status import collect as collect_status
+from sync.status import render as render_status
+from sync.store import PassCounts, Reader, Store
 
 __all__ = ["main"]
 
@@ -63,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--json", action="store_true", help="machine-readable output")
     export = commands.add_parser("export", help="write the served catalogue as a list envelope")
     export.add_argument("--output", type=Path, help="file to write (default: standard output)")
+    check = commands.add_parser("check", help="validate the configuration; never opens the store")
+    # Here too, as operators type it after the command; SUPPRESS keeps a --config given first.
+    check.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    check.add_argument("--online", action="store_true", help="also read each upstream once")
     return parser
 
 
@@ -92,7 +100,7 @@ def _command(args: argparse.Namespace) -> int:
     path: Path | None = None
     try:
         config = load_config(args.config)
-        configure_logging(config.logging)
+        configure_logging(config.logging, cast(TextIO, _STDERR))
         path = config.storage.path
         code = _dispatch(args, config)
         # A reader that closed our pipe shows here, not in the interpreter's last flush.
@@ -130,6 +138,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         return _run(_explain(config, args.name, args.version, as_json=args.json))
     if args.command == "export":
         return _run(_export(config, args.output))
+    if args.command == "check":
+        return _run(check(config, online=args.online, out=sys.stdout))
     raise AssertionError(f"unhandled command {args.command}")
 
 
@@ -187,11 +197,47 @@ async def _writing(config: Config, *, existing: bool = False) -> AsyncIterator[S
         await store.close()
 
 
+class _Stderr(io.TextIOBase):
+    """Standard error with a progress line at its foot: anything else written there (a log
+    event, a warning) first erases the line, so it starts at the left margin instead of after
+    the progress text; the next progress update draws the line again."""
+
+    def __init__(self) -> None:
+        self._drawn = False
+
+    def draw(self, text: str) -> None:
+        sys.stderr.write(f"\r\033[K{text}")
+        sys.stderr.flush()
+        self._drawn = True
+
+    def erase(self) -> None:
+        if self._drawn:
+            self._drawn = False
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+    def write(self, text: str) -> int:
+        if text:
+            self.erase()
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+    def fileno(self) -> int:
+        return sys.stderr.fileno()
+
+
+_STDERR = _Stderr()
+
+
 def _progress(upstream: str, counts: PassCounts) -> None:
     """One self-overwriting line on a terminal; never written when stderr is not a tty."""
     seen = counts.inserted + counts.updated + counts.unchanged + counts.quarantined
-    sys.stderr.write(f"\r\033[K{upstream}: {counts.pages} pages, {seen} entries")
-    sys.stderr.flush()
+    _STDERR.draw(f"{upstream}: {counts.pages} pages, {seen} entries")
 
 
 async def _sync(config: Config, *, full: bool, only: str | None) -> int:
@@ -227,12 +273,12 @@ async def _sync_direct(config: Config, names: list[str], *, full: bool) -> int:
             failed = False
             for name in names:
                 result = await engine.run(name, full=full, ignore_circuit=True)
-                if sys.stderr.isatty():
-                    sys.stderr.write("\r\033[K")
+                _STDERR.erase()  # the summary, on stdout, may share the terminal
                 print(result.summary(), flush=True)
                 failed |= result.outcome != "ok"
             return 1 if failed else 0
         finally:
+            _STDERR.erase()  # a failure's one line must not start after the progress text
             await engine.close()
 
 
@@ -254,72 +300,12 @@ def _serve(config: Config, *, sync: bool, source: Path | None) -> int:
 
 async def _status(config: Config, *, as_json: bool, out: TextIO) -> int:
     async with _reading(config) as reader:
-        states = await reader.upstream_states()
-        held = await reader.held()
-        quarantine = await reader.quarantine()
-        hits = await reader.rule_hits(DEFAULT_VIEW)
-        report: dict[str, Any] = {"upstreams": [], "rule_hits": hits}
-        for upstream in config.upstreams:
-            state = states.get(upstream.name, records.UpstreamState(upstream.name))
-            kept, removed = held.get(upstream.name, (0, 0))
-            report["upstreams"].append(
-                {
-                    "name": upstream.name,
-                    "source": upstream.url or str(upstream.path),
-                    "headers": dict.fromkeys(upstream.headers, "***"),
-                    "checkpoint": state.checkpoint,
-                    "last_success": state.last_success_at,
-                    "last_full": state.last_full_at,
-                    "last_error": state.last_error,
-                    "last_error_at": state.last_error_at,
-                    "consecutive_failures": state.failures,
-                    "circuit_open_until": state.circuit_until,
-                    "pass_in_progress": state.pass_id is not None,
-                    "versions_held": kept,
-                    "versions_removed": removed,
-                    "quarantined": [
-                        {"key": q.key, "reason": q.reason, "last_seen": q.last_seen}
-                        for q in quarantine
-                        if q.upstream == upstream.name
-                    ],
-                    "recent_passes": [
-                        {
-                            "id": p.id,
-                            "mode": p.mode,
-                            "started": p.started_at,
-                            "ended": p.ended_at,
-                            "outcome": p.outcome,
-                            "error": p.error,
-                            "checkpoint": p.checkpoint,
-                            "resumed_from": p.resumed_from,
-                            **p.counts,
-                        }
-                        for p in await reader.passes(upstream.name, limit=10)
-                    ],
-                }
-            )
+        report = await collect_status(config, reader)
     if as_json:
         json.dump(report, out, indent=2)
         out.write("\n")
-        return 0
-    for u in report["upstreams"]:
-        out.write(
-            f"{u['name']} ({u['source']})\n"
-            f"  checkpoint:      {u['checkpoint'] or '-'}\n"
-            f"  last success:    {u['last_success'] or 'never'}\n"
-            f"  last error:      {u['last_error'] or '-'}"
-            f"{' at ' + u['last_error_at'] if u['last_error_at'] else ''}\n"
-            f"  versions held:   {u['versions_held']} ({u['versions_removed']} removed)\n"
-            f"  quarantined:     {len(u['quarantined'])}\n"
-        )
-        if u["circuit_open_until"]:
-            out.write(f"  circuit open until {u['circuit_open_until']}\n")
-        for q in u["quarantined"][:20]:
-            out.write(f"    {q['key']}: {q['reason']}\n")
-    if hits:
-        out.write("rule hits:\n")
-        for rule, count in sorted(hits.items()):
-            out.write(f"  {rule}: {count}\n")
+    else:
+        out.write(render_status(report))
     return 0
 
 

@@ -17,14 +17,18 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from sync.credentials import check_ca_file, check_client_cert, resolve_proxy, resolve_secret
+from sync.durations import parse_duration
 from sync.errors import ConfigError
+from sync.overrides import Loc, apply_env, resolve_paths
 
 __all__ = [
+    "CONFIG_ENV",
     "DEFAULT_VIEW",
     "ApiConfig",
     "Config",
@@ -44,35 +48,52 @@ __all__ = [
 # become an addition, not a rewrite.
 DEFAULT_VIEW = "default"
 CONFIG_ENV = "SUBREGISTRY_CONFIG"
+# Variables under the settings prefix that are not settings: the file's path, and build facts
+# that `GET /v0.1/version` reports.
+_NOT_SETTINGS = frozenset({CONFIG_ENV, "SUBREGISTRY_GIT_COMMIT", "SUBREGISTRY_BUILD_TIME"})
+_BASE = "base"  # validation context: the folder of the file being read
+# The official registry asks aggregators to poll "regularly but infrequently" (about hourly).
+MIN_HTTP_INTERVAL = 60.0
+# A file is local: only the scheduler's own granularity bounds it.
+MIN_FILE_INTERVAL = 1.0
 Status = Literal["active", "deprecated", "deleted"]
-
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from a number or a string such as "90", "15m", "1h30m" or "2d"."""
-    if isinstance(value, bool):
-        raise ValueError("expected seconds or a duration such as '15m'")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        text = value.strip().lower()
-        try:
-            return float(text)
-        except ValueError:
-            pass
-        parts = _DURATION.findall(text)
-        if parts and _DURATION.sub("", text).strip() == "":
-            return sum(float(n) * _UNITS[u] for n, u in parts)
-    raise ValueError(f"invalid duration {value!r}: use seconds or a string such as '15m', '1h30m'")
-
 
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 
 
+def _in_base(value: object, info: ValidationInfo) -> object:
+    """A secret's `file` written in a configuration file means that file's folder too, like
+    every other path there."""
+    base = (info.context or {}).get(_BASE)
+    if base is None or not isinstance(value, Mapping):
+        return value
+    path = value.get("file")
+    if not isinstance(path, str) or not path or Path(path).is_absolute():
+        return value
+    return {**value, "file": str(Path(base) / path)}
+
+
+def _secret(value: object, info: ValidationInfo) -> SecretStr:
+    return resolve_secret(_in_base(value, info))
+
+
+def _proxy(value: object, info: ValidationInfo) -> SecretStr | None:
+    return resolve_proxy(_in_base(value, info))
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _paths_from_the_file(cls, data: Any, info: ValidationInfo) -> Any:
+        """A relative path written in a file means that file's folder, wherever the daemon
+        starts (a unit's WorkingDirectory, a container's): for every path-typed setting, and
+        before any validator looks at it."""
+        base = (info.context or {}).get(_BASE)
+        if base is None or not isinstance(data, dict):
+            return data
+        return resolve_paths(cls, data, base)
 
 
 def _check_globs(globs: tuple[str, ...]) -> tuple[str, ...]:
@@ -152,12 +173,12 @@ class UpstreamConfig(_Frozen):
     overlap: Duration = 300.0
     max_staleness: Duration | None = None
     # Each a plain string, or { env = NAME } / { file = PATH } with an optional prefix.
-    headers: dict[str, Annotated[SecretStr, BeforeValidator(resolve_secret)]] = Field(
+    headers: dict[str, Annotated[SecretStr, BeforeValidator(_secret)]] = Field(
         default_factory=dict
     )
     # None: HTTP(S)_PROXY / NO_PROXY from the environment decide; set, it is used for every
     # request of this upstream. A secret as a whole, since it may carry credentials.
-    proxy: Annotated[SecretStr | None, BeforeValidator(resolve_proxy)] = None
+    proxy: Annotated[SecretStr | None, BeforeValidator(_proxy)] = None
     ca_file: Path | None = None  # added to the system trust store, not replacing it
     client_cert: Path | None = None  # PEM; may hold the key too
     client_key: Path | None = None
@@ -185,6 +206,18 @@ class UpstreamConfig(_Frozen):
     def _ca_file(cls, value: Path | None) -> Path | None:
         if value is not None:
             check_ca_file(value)
+        return value
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, value: float, info: ValidationInfo) -> float:
+        if info.data.get("path") is not None and value < MIN_FILE_INTERVAL:
+            raise ValueError(f"must be at least {MIN_FILE_INTERVAL:g}s for a file upstream")
+        if info.data.get("url") is not None and value < MIN_HTTP_INTERVAL:
+            raise ValueError(
+                f"must be at least {MIN_HTTP_INTERVAL:g}s (1m) for an HTTP upstream: registries "
+                "ask to be polled regularly but infrequently (the official one: about hourly)"
+            )
         return value
 
     @model_validator(mode="after")
@@ -284,41 +317,63 @@ class Config(_Frozen):
         return ", ".join(u.name for u in self.upstreams)
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, origins: Mapping[Loc, str]) -> str:
+    errors = exc.errors()
+    locs = [e["loc"] for e in errors]
     lines = []
-    for error in exc.errors():
+    for error in errors:
+        if error["type"] == "too_short" and any(
+            len(loc) > len(error["loc"]) and loc[: len(error["loc"])] == error["loc"]
+            for loc in locs
+        ):
+            continue  # a list emptied by its own invalid entries: those errors say why
         key = ""
         for part in error["loc"]:
             key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
-        lines.append(f"{key or '(top level)'}: {error['msg']}")
+        source = [var for loc, var in origins.items() if error["loc"][: len(loc)] == loc]
+        where = f" (from {source[0]})" if source else ""
+        lines.append(f"{key or '(top level)'}{where}: {error['msg']}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
-def config_from_mapping(data: Mapping[str, Any]) -> Config:
-    """Validate a parsed TOML document, naming every offending key in the error."""
+def config_from_mapping(
+    data: Mapping[str, Any], *, base: Path | None = None, origins: Mapping[Loc, str] | None = None
+) -> Config:
+    """Validate a parsed TOML document, naming every offending key in the error (and the
+    environment variable that set it). With `base`, relative paths mean that folder."""
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(data, context={_BASE: base} if base is not None else None)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError(_describe(exc, origins or {})) from None
 
 
-def load_config(path: Path | None = None, *, env: Mapping[str, str] | None = None) -> Config:
-    """Read `path`, else `$SUBREGISTRY_CONFIG`, else the built-in defaults.
-
-    Relative paths inside a file (the database, file upstreams) are resolved against the
-    working directory, as operators expect from a command-line daemon.
-    """
-    env = os.environ if env is None else env
-    if path is None and env.get(CONFIG_ENV):
-        path = Path(env[CONFIG_ENV])
-    if path is None:
-        return Config()
+def _read(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text (TOML files are UTF-8)") from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return config_from_mapping(data)
+
+
+def load_config(path: Path | None = None, *, env: Mapping[str, str] | None = None) -> Config:
+    """Read `path`, else `$SUBREGISTRY_CONFIG`, else the built-in defaults; then the
+    `SUBREGISTRY_<SECTION>__<KEY>` variables of `env` (default: the process environment) on
+    top, so a container or unit can change one setting without its own copy of the file.
+
+    A relative path written in the file means the file's folder, so the file means the same
+    from any working directory; one from the environment or a built-in default (the quick
+    start's `data/subregistry.db`) means the working directory.
+    """
+    env = os.environ if env is None else env
+    if path is None and env.get(CONFIG_ENV):
+        path = Path(env[CONFIG_ENV])
+    data = {} if path is None else _read(path)
+    defaults = [u.model_dump(exclude_unset=True) for u in _default_upstreams()]
+    origins = apply_env(data, Config, env, lists={"upstreams": defaults}, reserved=_NOT_SETTINGS)
+    base = path.absolute().parent if path is not None else None
+    return config_from_mapping(data, base=base, origins=origins)
