@@ -409,3 +409,23 @@ def test_file_descriptor_limits_fit_the_connection_bound() -> None:
     [deployment] = [d for d in docs if d["kind"] == "Deployment"]
     documented = deployment["spec"]["template"]["metadata"]["annotations"]["subregistry/min-nofile"]
     assert needed(configmap["data"]["subregistry.toml"]) == int(documented)
+
+
+def test_systemd_unit_keeps_the_mirror_in_its_state_directory() -> None:
+    """Relative paths in a file mean its folder (/etc/subregistry, read-only under
+    ProtectSystem=strict): the unit names the database by the environment override, inside
+    the StateDirectory it owns, and reloads with SIGHUP."""
+    unit = (DEPLOY / "systemd/subregistry.service").read_text()
+    settings = dict(
+        line.split("=", 1) for line in unit.splitlines() if "=" in line and line[0] != "#"
+    )
+    environment = dict(
+        line.removeprefix("Environment=").split("=", 1)
+        for line in unit.splitlines()
+        if line.startswith("Environment=")
+    )
+    database = Path(environment["SUBREGISTRY_STORAGE__PATH"])
+    assert database.is_absolute()
+    assert database.parent == Path("/var/lib") / settings["StateDirectory"]
+    assert settings["ProtectSystem"] == "strict"
+    assert settings["ExecReload"] == "/bin/kill -HUP $MAINPID"
