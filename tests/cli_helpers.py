@@ -39,9 +39,17 @@ def free_port() -> int:
         return port
 
 
-async def spawn(*args: str | Path, quiet: bool = False) -> asyncio.subprocess.Process:
-    """`python -m sync ARGS` as a child process, its output piped (or discarded)."""
+async def spawn(
+    *args: str | Path, quiet: bool = False, stdout: int | None = None, stderr: int | None = None
+) -> asyncio.subprocess.Process:
+    """`python -m sync ARGS` as a child process, its output piped (or discarded, or sent to
+    the descriptors given: a pipe's end, a pty)."""
     stream = asyncio.subprocess.DEVNULL if quiet else asyncio.subprocess.PIPE
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sync", *map(str, args), stdout=stream, stderr=stream
+        sys.executable,
+        "-m",
+        "sync",
+        *map(str, args),
+        stdout=stream if stdout is None else stdout,
+        stderr=stream if stderr is None else stderr,
     )

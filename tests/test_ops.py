@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import pty
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +20,7 @@ from sync.config import Config
 from sync.engine import Engine
 from sync.metrics import Metrics
 from sync.store import Store
-from tests.cli_helpers import write_config
+from tests.cli_helpers import spawn, write_config
 from tests.fake_upstream import FakeRegistry
 from tests.helpers import no_sleep
 
@@ -223,15 +222,8 @@ class TestLogs:
     async def test_progress_only_on_a_terminal(self, tmp_path: Path, fake_url: str) -> None:
         config = write_config(tmp_path, fake_url)
         leader, follower = pty.openpty()
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "sync",
-            "--config",
-            str(config),
-            "sync",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=follower,
+        process = await spawn(
+            "--config", str(config), "sync", stdout=asyncio.subprocess.PIPE, stderr=follower
         )
         os.close(follower)
         out, _ = await process.communicate()

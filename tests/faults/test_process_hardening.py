@@ -140,15 +140,8 @@ class TestOneLineFailures:
         """`subregistry export | head -c 10`: quiet, as any Unix filter, with SIGPIPE's code."""
         config = mirror_at(tmp_path, mirror_db)
         read_end, write_end = os.pipe()
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "sync",
-            "--config",
-            str(config),
-            "export",
-            stdout=write_end,
-            stderr=asyncio.subprocess.PIPE,
+        process = await spawn(
+            "--config", str(config), "export", stdout=write_end, stderr=asyncio.subprocess.PIPE
         )
         os.close(write_end)
         head = await asyncio.get_running_loop().run_in_executor(None, os.read, read_end, 10)
@@ -162,15 +155,8 @@ class TestOneLineFailures:
         config = mirror_at(tmp_path, mirror_db)
         read_end, write_end = os.pipe()
         os.close(read_end)
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "sync",
-            "--config",
-            str(config),
-            "status",
-            stdout=write_end,
-            stderr=asyncio.subprocess.PIPE,
+        process = await spawn(
+            "--config", str(config), "status", stdout=write_end, stderr=asyncio.subprocess.PIPE
         )
         os.close(write_end)
         code, _, err = await finish(process)
