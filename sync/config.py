@@ -173,9 +173,7 @@ class UpstreamConfig(_Frozen):
     overlap: Duration = 300.0
     max_staleness: Duration | None = None
     # Each a plain string, or { env = NAME } / { file = PATH } with an optional prefix.
-    headers: dict[str, Annotated[SecretStr, BeforeValidator(_secret)]] = Field(
-        default_factory=dict
-    )
+    headers: dict[str, Annotated[SecretStr, BeforeValidator(_secret)]] = Field(default_factory=dict)
     # None: HTTP(S)_PROXY / NO_PROXY from the environment decide; set, it is used for every
     # request of this upstream. A secret as a whole, since it may carry credentials.
     proxy: Annotated[SecretStr | None, BeforeValidator(_proxy)] = None
