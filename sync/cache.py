@@ -18,18 +18,20 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CachedBody", "FileId", "ResponseCache", "file_id"]
+__all__ = ["CachedBody", "FileId", "ResponseCache", "State", "file_id"]
 
 _BIGGEST = 1 << 20  # one response over this is not worth a slot
 
 FileId = tuple[int, int]  # (st_dev, st_ino): which file, whatever its content
+State = tuple[int, ...]  # identity, mtime and size of the database and its WAL
 
 
 def file_id(path: Path) -> FileId | None:
-    """The identity of the file at `path` now, or None when there is none."""
+    """The identity of the file at `path` now, or None when there is none (or it cannot be
+    seen: a permission or a stale NFS handle is no identity to trust)."""
     try:
         stat = os.stat(path)
-    except FileNotFoundError:
+    except OSError:
         return None
     return stat.st_dev, stat.st_ino
 
@@ -75,21 +77,27 @@ class ResponseCache:
         # No database at the path reads as (0, 0): never a bound identity.
         self._foreign = version[:2] != self._bound
 
-    def _current(self) -> tuple[int, ...]:
+    def state(self) -> State | None:
+        """The store's state now; None when it cannot be told (nothing is cached then)."""
         version: list[int] = []
         for path in self._files:
             try:
                 stat = os.stat(path)
             except FileNotFoundError:
                 version += [0, 0, 0, 0]
+            except OSError:
+                return None
             else:
                 version += [stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size]
         return tuple(version)
 
-    def get(self, key: str) -> CachedBody | None:
-        version = self._current()
-        if version != self._version:
-            self._clear(version)
+    def get(self, key: str, state: State | None = None) -> CachedBody | None:
+        """The cached response for `key` in `state` (taken now when not given)."""
+        state = self.state() if state is None else state
+        if state is None:
+            return None
+        if state != self._version:
+            self._clear(state)
             return None
         if self._foreign:
             return None
@@ -98,9 +106,13 @@ class ResponseCache:
             self._items.move_to_end(key)
         return item
 
-    def put(self, key: str, body: bytes) -> CachedBody:
+    def put(self, key: str, body: bytes, state: State | None = None) -> CachedBody:
+        """Keep `body` for `key`. With the `state` its request was read in, nothing is kept
+        when the store has changed since: a slow reader of the old content must not file it
+        under the new state (it would be served until the next commit)."""
         item = CachedBody(body, '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"')
-        if self._foreign or self._max <= 0 or len(body) > min(_BIGGEST, self._max):
+        stale = state is not None and state != self._version
+        if stale or self._foreign or self._max <= 0 or len(body) > min(_BIGGEST, self._max):
             return item
         old = self._items.pop(key, None)
         if old is not None:

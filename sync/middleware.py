@@ -193,7 +193,9 @@ async def conditional(request: web.Request, handler: Handler) -> web.StreamRespo
     cache = request.app[CACHE]
     key = request.path_qs
     cacheable = request.match_info.route.name in CACHED_ROUTES
-    item = cache.get(key) if cacheable else None
+    # The state the handler reads in: what it renders is filed under it, or nowhere.
+    state = cache.state() if cacheable else None
+    item = cache.get(key, state) if state is not None else None
     if item is None:
         response = await handler(request)
         if (
@@ -203,8 +205,8 @@ async def conditional(request: web.Request, handler: Handler) -> web.StreamRespo
         ):
             return response
         item = (
-            cache.put(key, response.body)
-            if cacheable
+            cache.put(key, response.body, state)
+            if state is not None
             else CachedBody(
                 response.body,
                 '"' + hashlib.blake2b(response.body, digest_size=16).hexdigest() + '"',

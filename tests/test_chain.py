@@ -142,3 +142,21 @@ def test_response_cache_is_bounded(tmp_path: Path) -> None:
     assert cache.put("huge", b"y" * 2000).etag and cache.get("huge") is None
     (tmp_path / "m.db-wal").write_bytes(b"commit")
     assert cache.get("e") is None  # the store changed: everything is dropped
+
+
+def test_a_body_read_before_a_commit_is_not_filed_under_the_new_state(tmp_path: Path) -> None:
+    """A slow request reads the old content; the writer commits; another request sees the
+    new state. The slow one's body must not be served for the new state."""
+    database, wal = tmp_path / "m.db", tmp_path / "m.db-wal"
+    database.write_bytes(b"db")
+    wal.write_bytes(b"1")
+    cache = ResponseCache(database, max_bytes=10_000)
+    before = cache.state()
+    assert cache.get("/a", before) is None  # a miss: the handler reads the old content
+    wal.write_bytes(b"12")  # the writer commits
+    assert cache.get("/b") is None  # another request sees the new state
+    cache.put("/a", b"old", before)
+    assert cache.get("/a") is None
+    cache.put("/a", b"new", cache.state())
+    found = cache.get("/a")
+    assert found is not None and found.body == b"new"
