@@ -37,8 +37,8 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     store = await Store.open(config.storage.path)
     engine = Engine(config, store, app[METRICS], clock=app[CLOCK], view=app[VIEW])
     app[STORE], app[ENGINE] = store, engine
-    await engine.startup()
     try:
+        await engine.startup()
         yield
     finally:
         await engine.close()
@@ -62,7 +62,7 @@ async def _reader_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         follower.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await follower
         for _, reader in retired:
             await reader.close()
@@ -84,7 +84,9 @@ async def _follow(app: web.Application, retired: list[tuple[float, Reader]]) -> 
     while True:
         await asyncio.sleep(FOLLOW_EVERY)
         while retired and retired[0][0] <= loop.time():
-            await retired.pop(0)[1].close()
+            # A retired reader that fails to close is gone either way; the watch goes on.
+            with contextlib.suppress(Exception):
+                await retired.pop(0)[1].close()
         identity = file_id(path)
         if identity == cache.bound:
             continue
@@ -120,7 +122,7 @@ async def _control_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
-    config, engine = app[CONFIG], app[ENGINE]
+    config, engine = app[LIVE].config, app[ENGINE]
     scheduler = AsyncIOScheduler(timezone="UTC")
     app[SCHEDULER] = scheduler
     schedule(scheduler, engine, config, app[CLOCK]())

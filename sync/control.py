@@ -42,7 +42,12 @@ def socket_path(database: Path) -> Path:
 
 async def _sync(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    body: dict[str, Any] = await request.json()
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("upstream"), str | None):
+        return web.json_response({"error": "expected {upstream: name | null, full}"}, status=400)
     only, full = body.get("upstream"), bool(body.get("full"))
     try:
         upstreams = [engine.config.upstream(only)] if only else engine.config.upstreams
@@ -79,9 +84,15 @@ async def control_site(engine: Engine, database: Path) -> AsyncIterator[Path | N
     app.router.add_post("/reapply", _reapply)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
+    # Created 0600 (umask), not chmod-ed after: no moment in which another user could
+    # connect and keep the connection.
+    mask = os.umask(0o177)
     try:
-        await web.UnixSite(runner, str(path)).start()
-        path.chmod(0o600)
+        site = web.UnixSite(runner, str(path))
+        try:
+            await site.start()
+        finally:
+            os.umask(mask)
         log.info("control.listening", socket=str(path))
         yield path
     finally:

@@ -154,6 +154,18 @@ class Metrics:
         )
         self.build_info.labels(version=__version__).set(1)
 
+    def upstream_gauges(self) -> tuple[Gauge, ...]:
+        """The gauges labelled by upstream alone: one series per configured upstream."""
+        return (
+            self.last_success,
+            self.last_attempt,
+            self.consecutive_failures,
+            self.failing_since,
+            self.max_staleness,
+            self.quarantined,
+            self.circuit_open,
+        )
+
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """One API request, counted and timed under the same bounded labels."""
         labels = (route, method_label(method), str(status))

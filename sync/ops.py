@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 
 from aiohttp import web
@@ -16,6 +17,7 @@ __all__ = ["add_ops_routes"]
 
 _GAUGE_TTL = 10.0  # seconds; scrapes more often than this reuse the last counts
 _REFRESHED: web.AppKey[list[datetime]] = web.AppKey("gauges_refreshed")
+_SHOWN: web.AppKey[set[str]] = web.AppKey("upstreams_shown")
 # Passes looked at for the last one that ended: only the newest can still be running.
 _RECENT_PASSES = 3
 
@@ -58,6 +60,14 @@ async def _refresh_gauges(app: web.Application, now: datetime) -> None:
         ended = [p.ended_at for p in await reader.passes(name, _RECENT_PASSES) if p.ended_at]
         ended += [s for s in (state.last_success_at, state.last_error_at) if s]
         metrics.last_attempt.labels(name).set(_epoch(max(ended, default=None)))
+    # An upstream a reload removed has no series any more: its alerts must not fire on.
+    shown = app[_SHOWN]
+    for gone in shown - {u.name for u in config.upstreams}:
+        for gauge in metrics.upstream_gauges():
+            with contextlib.suppress(KeyError):
+                gauge.remove(gone)
+    shown.clear()
+    shown.update(u.name for u in config.upstreams)
     last[:] = [now]
 
 
@@ -101,6 +111,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 def add_ops_routes(app: web.Application) -> None:
     app[_REFRESHED] = []
+    app[_SHOWN] = set()
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -79,23 +79,28 @@ async def reload(app: web.Application, load: Callable[[], Config]) -> bool:
         except ConfigError as exc:
             log.error("config.reload_refused", error=str(exc), keeping="the running configuration")
             return False
-        live = app[LIVE]
-        fresh, kept = settle(live.config, fresh)
-        if kept:
-            log.warning("config.reload_needs_restart", sections=kept, keeping="their old values")
-        configure_logging(fresh.logging)
-        changed = [
-            name
-            for name in Config.model_fields
-            if getattr(live.config, name) != getattr(fresh, name)
-        ]
-        live.config = fresh
-        if ENGINE in app:
-            engine = app[ENGINE]
-            engine.reconfigure(fresh)
-            schedule(app[SCHEDULER], engine, fresh, app[CLOCK]())
-            log.info("config.reloaded", changed=changed)
-            await engine.curator.ensure_current()
-        else:
-            log.info("config.reloaded", changed=changed)
+        try:
+            await _apply(app, fresh)
+        except Exception:
+            # The task's outcome must be seen; what applied stays applied (a reapply that
+            # failed runs again at the next start, as the stored rules digest tells).
+            log.exception("config.reload_failed")
+            return False
         return True
+
+
+async def _apply(app: web.Application, fresh: Config) -> None:
+    live = app[LIVE]
+    fresh, kept = settle(live.config, fresh)
+    if kept:
+        log.warning("config.reload_needs_restart", sections=kept, keeping="their old values")
+    configure_logging(fresh.logging)
+    old = live.config
+    changed = [key for key in Config.model_fields if getattr(old, key) != getattr(fresh, key)]
+    live.config = fresh
+    log.info("config.reloaded", changed=changed)
+    if ENGINE in app:
+        engine = app[ENGINE]
+        engine.reconfigure(fresh)
+        schedule(app[SCHEDULER], engine, fresh, app[CLOCK]())
+        await engine.curator.ensure_current()

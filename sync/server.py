@@ -234,24 +234,28 @@ async def serve(
     (connections, and the pass on its page, carry on)."""
     loop = asyncio.get_running_loop()
     reloads: set[asyncio.Task[object]] = set()
-    if reload is not None:
-
-        def hangup() -> None:
-            task = loop.create_task(reload())
-            reloads.add(task)
-            task.add_done_callback(reloads.discard)
-
-        loop.add_signal_handler(signal.SIGHUP, hangup)
     limit, fd_limit = connection_limit(config.max_connections)
     guard = ConnectionGuard(loop, limit=limit, timeout=config.header_timeout)
     failures = _AcceptFailures(loop, guard)
     loop.set_exception_handler(failures)
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+
+    def hangup() -> None:
+        # Once stopping, a reload has nothing left to reconfigure.
+        if reload is not None and not stop.is_set():
+            task = loop.create_task(reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+    # SIGHUP is taken from the start (its default action would end the process), and acted
+    # on once the application is set up.
+    for sig, action in ((signal.SIGINT, stop.set), (signal.SIGTERM, stop.set)):
+        loop.add_signal_handler(sig, action)
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.stop_grace + 5)
     try:
         await runner.setup()
+        loop.add_signal_handler(signal.SIGHUP, hangup)
         server = runner.server
         assert server is not None  # set by setup()
 
@@ -278,11 +282,14 @@ async def serve(
         failures.listener_closed = True
         listener.close()
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
+        stop.set()
         for task in list(reloads):
             task.cancel()
+        # The handlers stay through the graceful stop: a second SIGTERM or a SIGHUP (a
+        # logrotate's reload) must not end the process before the running page commits.
         await runner.cleanup()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
         failures.report()
         # The exception handler stays: asyncio's stray accept retries may still fire.
         log.info("serve.connections", timed_out=guard.timed_out, evicted=guard.evicted)

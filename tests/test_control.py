@@ -121,6 +121,21 @@ class TestThroughTheDaemon:
         assert code == 0, err  # direct mode again
         assert out.startswith("official: ok")
 
+    async def test_the_socket_answers_nothing_but_its_requests(
+        self, daemon: Daemon, tmp_path: Path
+    ) -> None:
+        """Only its owner may connect, and a malformed request is a 400, not a traceback."""
+        socket = tmp_path / "mirror.db.sock"
+        assert stat.S_IMODE(socket.stat().st_mode) == 0o600
+        connector = aiohttp.UnixConnector(path=str(socket))
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for body in (b"not json", b"[1]", b'{"upstream": 5}'):
+                async with session.post("http://subregistry/sync", data=body) as response:
+                    assert response.status == 400
+            async with session.get("http://subregistry/v0.1/servers") as response:
+                assert response.status in (404, 405)
+        assert daemon.process.returncode is None
+
 
 class TestReload:
     async def test_sighup_applies_new_rules_without_dropping_connections(
@@ -170,13 +185,11 @@ class TestReload:
         private.write_text(
             json.dumps([{"name": "com.example/internal", "version": "2.0.0", "description": "x"}])
         )
-        daemon.config.write_text(
-            daemon.config.read_text().replace(
-                "[[upstreams]]",
-                f'[[upstreams]]\nname = "private"\npath = "{private}"\n\n[[upstreams]]',
-                1,
-            )
+        private_block = f'[[upstreams]]\nname = "private"\npath = "{private}"\n\n'
+        with_private = daemon.config.read_text().replace(
+            "[[upstreams]]", private_block + "[[upstreams]]", 1
         )
+        daemon.config.write_text(with_private)
         daemon.process.send_signal(signal.SIGHUP)
         for _ in range(200):
             await asyncio.sleep(0.05)
@@ -193,3 +206,20 @@ class TestReload:
             session.get(daemon.base + "/metrics") as response,
         ):
             assert 'upstream="private"' in await response.text()
+        # Removed again: its series go, so no alert fires on for an upstream that is gone.
+        daemon.config.write_text(with_private.replace(private_block, ""))
+        daemon.process.send_signal(signal.SIGHUP)
+        for _ in range(200):
+            await asyncio.sleep(0.1)
+            _, ready = await daemon.get("/readyz")
+            if len(ready["upstreams"]) == 1:
+                break
+        await asyncio.sleep(10.5)  # gauges are refreshed at most every 10 s
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(daemon.base + "/metrics") as response,
+        ):
+            text = await response.text()
+        for gauge in ("sync_consecutive_failures", "quarantined_entries"):
+            assert f'subregistry_{gauge}{{upstream="official"}}' in text
+            assert f'subregistry_{gauge}{{upstream="private"}}' not in text
