@@ -19,8 +19,10 @@ from sync.metrics import Metrics
 from sync.store import Reader, Store
 from tests.fake_upstream import FakeRegistry
 from tests.helpers import build_mirror, no_sleep
+from tests.pg import pg_dsn, pg_server
 
 DATA = Path(__file__).parent / "data"
+__all__ = ["pg_dsn", "pg_server"]  # fixtures for every test module (tests/pg.py)
 
 
 @pytest.fixture(scope="session")
