@@ -11,14 +11,13 @@ from typing import Any
 
 import pytest
 import structlog
-from aiohttp.test_utils import TestServer
 
 from sync.config import Config, config_from_mapping
 from sync.engine import Engine
 from sync.metrics import Metrics
 from sync.store import Reader, Store
 from tests.fake_upstream import FakeRegistry
-from tests.helpers import build_mirror, no_sleep
+from tests.helpers import build_mirror, no_sleep, serving
 from tests.pg import pg_dsn, pg_server
 
 DATA = Path(__file__).parent / "data"
@@ -39,12 +38,8 @@ def fake(catalogue: list[dict[str, Any]]) -> FakeRegistry:
 
 @pytest.fixture
 async def fake_url(fake: FakeRegistry) -> AsyncIterator[str]:
-    server = TestServer(fake.app())
-    await server.start_server()
-    try:
-        yield str(server.make_url("")).rstrip("/")
-    finally:
-        await server.close()
+    async with serving(fake) as url:
+        yield url
 
 
 @pytest.fixture

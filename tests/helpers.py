@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,17 @@ from tests.fake_upstream import OFFICIAL, FakeRegistry
 
 MULTI = "com.fenetresurciel.verylongmcp/mcp-server-template-nodejs"  # 72 versions
 DEPRECATED = ("ai.exa/exa", "3.0.7")
+
+
+@asynccontextmanager
+async def serving(fake: FakeRegistry) -> AsyncIterator[str]:
+    """`fake` on a loopback port for the block; yields its base URL."""
+    server = TestServer(fake.app())
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()
 
 
 async def no_sleep(_: float) -> None:

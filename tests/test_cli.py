@@ -11,18 +11,16 @@ import re
 import sys
 import tomllib
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from sync import __version__
 from sync.store import Store
 from tests.cli_helpers import TOKEN, run, write_config
 from tests.fake_upstream import FakeRegistry
+from tests.helpers import serving
 
 
 class TestSync:
@@ -91,22 +89,12 @@ def _small_registry(catalogue: list[dict[str, Any]]) -> FakeRegistry:
     return fake
 
 
-@asynccontextmanager
-async def _serving(fake: FakeRegistry) -> AsyncIterator[str]:
-    server = TestServer(fake.app())
-    await server.start_server()
-    try:
-        yield str(server.make_url("")).rstrip("/")
-    finally:
-        await server.close()
-
-
 class TestStatus:
     async def test_served_counts_and_recent_passes(
         self, tmp_path: Path, catalogue: list[dict[str, Any]]
     ) -> None:
         fake = _small_registry(catalogue)
-        async with _serving(fake) as url:
+        async with serving(fake) as url:
             config = write_config(tmp_path, url)
             for _ in range(2):
                 code, _, err = await run("--config", config, "sync")
@@ -145,7 +133,7 @@ class TestStatus:
 
         fake.faults.append(first_page_answers)
         fake.fail(404, times=50)  # permanent: the pass fails at once
-        async with _serving(fake) as url:
+        async with serving(fake) as url:
             config = write_config(tmp_path, url)
             code, out, _ = await run("--config", config, "sync")
         assert code == 1 and out.startswith("official: failed full pass")
@@ -239,7 +227,7 @@ class TestProgress:
     async def test_every_line_after_the_progress_line_starts_clean(
         self, tmp_path: Path, catalogue: list[dict[str, Any]]
     ) -> None:
-        async with _serving(_small_registry(catalogue)) as url:
+        async with serving(_small_registry(catalogue)) as url:
             config = write_config(tmp_path, url)
             code, raw = await _on_a_terminal("--config", config, "sync")
         assert code == 0, raw

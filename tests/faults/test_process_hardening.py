@@ -231,6 +231,14 @@ def assert_caches_nothing(client: TestClient[Any, Any]) -> None:
     assert cache.get("/probe") is None
 
 
+async def logged(events: list[dict[str, Any]], name: str, seconds: float = 10.0) -> None:
+    """Until the captured log holds an event called `name` (or the time is up)."""
+    for _ in range(int(seconds * 10)):
+        if any(e["event"] == name for e in events):
+            return
+        await asyncio.sleep(0.1)
+
+
 class TestAnotherDatabase:
     @pytest.mark.parametrize("how", ["os.replace", "delete then copy"])
     async def test_a_replica_serves_the_database_now_at_its_path(
@@ -274,10 +282,7 @@ class TestAnotherDatabase:
                 before = await first_names(client)
                 other, _ = other_mirror_like(tmp_path, path, mirror_db)
                 os.replace(other, path)
-                for _ in range(100):
-                    if any(e["event"] == "store.replaced" for e in events):
-                        break
-                    await asyncio.sleep(0.1)
+                await logged(events, "store.replaced")
                 assert await first_names(client) == before
                 assert_caches_nothing(client)
             finally:
@@ -296,10 +301,7 @@ class TestAnotherDatabase:
             try:
                 before = await first_names(client)
                 path.unlink()
-                for _ in range(100):
-                    if any(e["event"] == "store.replaced" for e in events):
-                        break
-                    await asyncio.sleep(0.1)
+                await logged(events, "store.replaced")
                 assert await first_names(client) == before
                 assert_caches_nothing(client)
             finally:
