@@ -38,7 +38,7 @@ def fake(catalogue: list[dict[str, Any]]) -> FakeRegistry:
 
 @pytest.fixture
 async def fake_url(fake: FakeRegistry) -> AsyncIterator[str]:
-    async with serving(fake) as url:
+    async with serving(fake.app()) as url:
         yield url
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from sync.config import Config, config_from_mapping
@@ -21,10 +23,11 @@ DEPRECATED = ("ai.exa/exa", "3.0.7")
 
 
 @asynccontextmanager
-async def serving(fake: FakeRegistry) -> AsyncIterator[str]:
-    """`fake` on a loopback port for the block; yields its base URL."""
-    server = TestServer(fake.app())
-    await server.start_server()
+async def serving(app: web.Application, tls: ssl.SSLContext | None = None) -> AsyncIterator[str]:
+    """`app` (a fake registry's, say) on a loopback port for the block, over TLS with `tls`;
+    yields its base URL."""
+    server = TestServer(app)
+    await server.start_server(ssl=tls)
     try:
         yield str(server.make_url("")).rstrip("/")
     finally:

@@ -94,7 +94,7 @@ class TestStatus:
         self, tmp_path: Path, catalogue: list[dict[str, Any]]
     ) -> None:
         fake = _small_registry(catalogue)
-        async with serving(fake) as url:
+        async with serving(fake.app()) as url:
             config = write_config(tmp_path, url)
             for _ in range(2):
                 code, _, err = await run("--config", config, "sync")
@@ -133,7 +133,7 @@ class TestStatus:
 
         fake.faults.append(first_page_answers)
         fake.fail(404, times=50)  # permanent: the pass fails at once
-        async with serving(fake) as url:
+        async with serving(fake.app()) as url:
             config = write_config(tmp_path, url)
             code, out, _ = await run("--config", config, "sync")
         assert code == 1 and out.startswith("official: failed full pass")
@@ -227,7 +227,7 @@ class TestProgress:
     async def test_every_line_after_the_progress_line_starts_clean(
         self, tmp_path: Path, catalogue: list[dict[str, Any]]
     ) -> None:
-        async with serving(_small_registry(catalogue)) as url:
+        async with serving(_small_registry(catalogue).app()) as url:
             config = write_config(tmp_path, url)
             code, raw = await _on_a_terminal("--config", config, "sync")
         assert code == 0, raw

@@ -12,8 +12,7 @@ import json
 import re
 import ssl
 import tomllib
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ import pytest
 import trustme
 import yaml
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
 from sync.config import Config, config_from_mapping, load_config
@@ -32,7 +30,7 @@ from sync.passes import PassResult
 from sync.store import Store
 from tests.cli_helpers import TOKEN, free_port, run, write_config
 from tests.fake_upstream import FakeRegistry
-from tests.helpers import no_sleep
+from tests.helpers import no_sleep, serving
 from tests.proxy import Proxy
 
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "REQUEST_METHOD")
@@ -67,16 +65,6 @@ class Recorded:
             return response
 
         self.app.middlewares.append(record)
-
-
-@asynccontextmanager
-async def serving(app: web.Application, tls: ssl.SSLContext | None = None) -> AsyncIterator[str]:
-    server = TestServer(app)
-    await server.start_server(ssl=tls)
-    try:
-        yield str(server.make_url("")).rstrip("/")
-    finally:
-        await server.close()
 
 
 class Pki:
