@@ -17,11 +17,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sync import curation, upstream
 from sync.config import load_config
-from sync.engine import Engine
+from sync.curate import curation
 from sync.metrics import Metrics
-from sync.store import Store
+from sync.pull import upstream
+from sync.pull.engine import Engine
+from sync.store.sqlite.writer import SqliteStore
 
 SPENT: collections.Counter[str] = collections.Counter()
 
@@ -54,7 +55,7 @@ async def main(config_path: Path, name: str) -> None:
     config = load_config(config_path)
     for path in config.storage.path.parent.glob(config.storage.path.name + "*"):
         path.unlink()
-    store = await Store.open(config.storage.path)
+    store = await SqliteStore.open(config.storage.path)
     for method in ("upsert_entries", "entries_for", "served_state", "write_served", "record_page"):
         timed(store, method)
     timed(upstream, "parse_page", "parse (raw spans)")

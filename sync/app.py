@@ -14,17 +14,19 @@ import structlog
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from sync.api import CACHE, CLOCK, CONFIG, LIVE, METRICS, READER, VIEW, Live, add_routes
-from sync.cache import ResponseCache, file_id
 from sync.config import DEFAULT_VIEW, Config
 from sync.control import control_site
-from sync.engine import Clock, Engine
 from sync.errors import StoreError
 from sync.metrics import Metrics
-from sync.middleware import middlewares
-from sync.ops import add_ops_routes
+from sync.model import utcnow
+from sync.pull.engine import Clock, Engine
 from sync.reload import ENGINE, RELOADING, SCHEDULER, schedule
-from sync.store import Reader, Store, utcnow
+from sync.serve.api import CACHE, CLOCK, CONFIG, LIVE, METRICS, READER, VIEW, Live, add_routes
+from sync.serve.cache import ResponseCache, file_id
+from sync.serve.middleware import middlewares
+from sync.serve.ops import add_ops_routes
+from sync.store import Store, open_store
+from sync.store.sqlite.reader import SqliteReader
 
 __all__ = ["ENGINE", "STORE", "create_app"]
 
@@ -34,7 +36,7 @@ STORE = web.AppKey("store", Store)
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    store = await Store.open(config.storage.path)
+    store = await open_store(config.storage)
     engine = Engine(config, store, app[METRICS], clock=app[CLOCK], view=app[VIEW])
     app[STORE], app[ENGINE] = store, engine
     try:
@@ -54,10 +56,11 @@ _RETIRE_AFTER = 30.0
 async def _reader_ctx(app: web.Application) -> AsyncIterator[None]:
     path, cache = app[CONFIG].storage.path, app[CACHE]
     identity = file_id(path)
-    app[READER] = await Reader.open(path)
+    reader = await SqliteReader.open(path)
+    app[READER] = reader
     cache.bind(identity)
-    retired: list[tuple[float, Reader]] = []
-    follower = asyncio.create_task(_follow(app, retired))
+    retired: list[tuple[float, SqliteReader]] = []
+    follower = asyncio.create_task(_follow(app, reader, retired))
     try:
         yield
     finally:
@@ -69,7 +72,9 @@ async def _reader_ctx(app: web.Application) -> AsyncIterator[None]:
         await app[READER].close()
 
 
-async def _follow(app: web.Application, retired: list[tuple[float, Reader]]) -> None:
+async def _follow(
+    app: web.Application, reader: SqliteReader, retired: list[tuple[float, SqliteReader]]
+) -> None:
     """Notice another database file at the store's path (a restore, an `os.replace` of a freshly
     built mirror): open connections keep reading the old file, whatever the path now holds.
 
@@ -101,7 +106,7 @@ async def _follow(app: web.Application, retired: list[tuple[float, Reader]]) -> 
                 )
             continue
         try:
-            old = await app[READER].reopen()
+            old = await reader.reopen()
         except StoreError as exc:
             if identity != reported:
                 reported = identity

@@ -25,19 +25,19 @@ import structlog
 
 from sync import __version__, control
 from sync.app import create_app
-from sync.checks import check
 from sync.config import DEFAULT_VIEW, Config, load_config
-from sync.curation import Curator
-from sync.engine import Engine
+from sync.curate.curation import Curator
+from sync.curate.explain import explain, render
 from sync.errors import ConfigError, StoreError, StoreLocked
-from sync.explain import explain, render
 from sync.logs import configure_logging
 from sync.metrics import Metrics
+from sync.pull.checks import check
+from sync.pull.engine import Engine
 from sync.reload import reload
-from sync.server import serve
-from sync.status import collect as collect_status
-from sync.status import render as render_status
-from sync.store import PassCounts, Reader, Store
+from sync.serve.server import serve
+from sync.serve.status import collect as collect_status
+from sync.serve.status import render as render_status
+from sync.store import PassCounts, Reader, Store, open_reader, open_store
 
 __all__ = ["main"]
 
@@ -178,7 +178,7 @@ async def _settled(command: Coroutine[Any, Any, T]) -> T:
 
 @asynccontextmanager
 async def _reading(config: Config) -> AsyncIterator[Reader]:
-    reader = await Reader.open(config.storage.path, connections=1)
+    reader = await open_reader(config.storage, connections=1)
     try:
         yield reader
     finally:
@@ -188,9 +188,9 @@ async def _reading(config: Config) -> AsyncIterator[Reader]:
 @asynccontextmanager
 async def _writing(config: Config, *, existing: bool = False) -> AsyncIterator[Store]:
     path = config.storage.path
-    if existing and not path.exists():
+    if existing and not config.storage.postgres and not path.exists():
         raise CommandFailed(f"no mirror at {path} (run a sync first)")
-    store = await Store.open(path)
+    store = await open_store(config.storage)
     try:
         yield store
     finally:

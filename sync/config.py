@@ -241,7 +241,28 @@ class UpstreamConfig(_Frozen):
 
 
 class StorageConfig(_Frozen):
+    """Where the mirror lives: a SQLite file (`path`, the default) or a PostgreSQL database
+    (`url`), which replicas share and only the elected leader writes."""
+
     path: Path = Path("data/subregistry.db")
+    url: str | None = Field(default=None, description="postgresql://user@host:5432/db")
+    pool_size: int = Field(default=8, ge=1, le=100, description="read connections per replica")
+    # A leader renews its lease three times per term; one that misses a whole term (stalled,
+    # cut off) is deposed, and its commits are refused from then on.
+    lease: Duration = Field(default=10.0, ge=1.0, le=300.0)
+    # How often a replica reads the change serial: cached responses are at most this old.
+    refresh: Duration = Field(default=1.0, gt=0, le=60.0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^postgres(ql)?://", value):
+            raise ValueError("must be a PostgreSQL URL such as postgresql://user@host:5432/db")
+        return value
+
+    @property
+    def postgres(self) -> bool:
+        return self.url is not None
 
 
 class MirrorConfig(_Frozen):

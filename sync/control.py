@@ -20,8 +20,8 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from sync.engine import Engine
 from sync.errors import ConfigError
+from sync.pull.engine import Engine
 
 __all__ = ["ControlUnavailable", "ask", "control_site", "socket_path"]
 

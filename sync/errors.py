@@ -21,11 +21,16 @@ class ConfigError(Exception):
 
 
 class StoreError(Exception):
-    """The SQLite mirror cannot be opened or written."""
+    """The mirror's store cannot be opened or written."""
 
 
 class StoreLocked(StoreError):
     """Another process already holds the writer lock on this mirror file."""
+
+
+class NotLeader(StoreError):
+    """This writer does not (or no longer) hold the leadership of a shared store: its
+    transaction was not committed, and it must not write again until elected."""
 
 
 class UpstreamError(Exception):

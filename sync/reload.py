@@ -20,11 +20,11 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from sync.api import CLOCK, LIVE
 from sync.config import Config
-from sync.engine import Engine
 from sync.errors import ConfigError
 from sync.logs import configure_logging
+from sync.pull.engine import Engine
+from sync.serve.api import CLOCK, LIVE
 
 __all__ = ["ENGINE", "RELOADING", "SCHEDULER", "reload", "schedule"]
 

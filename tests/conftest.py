@@ -13,9 +13,11 @@ import pytest
 import structlog
 
 from sync.config import Config, config_from_mapping
-from sync.engine import Engine
 from sync.metrics import Metrics
+from sync.pull.engine import Engine
 from sync.store import Reader, Store
+from sync.store.sqlite.reader import SqliteReader
+from sync.store.sqlite.writer import SqliteStore
 from tests.fake_upstream import FakeRegistry
 from tests.helpers import build_mirror, no_sleep, serving
 from tests.pg import pg_dsn, pg_server
@@ -62,7 +64,7 @@ def config(make_config: Callable[..., Config], fake_url: str) -> Config:
 
 @pytest.fixture
 async def store(config: Config) -> AsyncIterator[Store]:
-    opened = await Store.open(config.storage.path)
+    opened = await SqliteStore.open(config.storage.path)
     try:
         yield opened
     finally:
@@ -86,7 +88,7 @@ async def engine(config: Config, store: Store, metrics: Metrics) -> AsyncIterato
 
 @pytest.fixture
 async def reader(config: Config, store: Store) -> AsyncIterator[Reader]:
-    opened = await Reader.open(config.storage.path)
+    opened = await SqliteReader.open(config.storage.path)
     try:
         yield opened
     finally:

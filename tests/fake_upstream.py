@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sync.versions import version_key
+from sync.curate.versions import version_key
 
 OFFICIAL = "io.modelcontextprotocol.registry/official"
 Fault = Callable[[web.Request], Awaitable[web.StreamResponse | None]]

@@ -13,9 +13,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from sync.config import Config, config_from_mapping
-from sync.engine import Engine
 from sync.metrics import Metrics
-from sync.store import Reader, Store
+from sync.pull.engine import Engine
+from sync.store import Reader
+from sync.store.sqlite.writer import SqliteStore
 from tests.fake_upstream import OFFICIAL, FakeRegistry
 
 MULTI = "com.fenetresurciel.verylongmcp/mcp-server-template-nodejs"  # 72 versions
@@ -57,7 +58,7 @@ async def build_mirror(path: Path, items: list[dict[str, Any]]) -> FakeRegistry:
     fake.set_status(*DEPRECATED, "deprecated", "superseded")
     server = TestServer(fake.app())
     await server.start_server()
-    store = await Store.open(path)
+    store = await SqliteStore.open(path)
     try:
         url = str(server.make_url("")).rstrip("/")
         engine = Engine(mirror_config(path, url), store, Metrics(), sleep=no_sleep)

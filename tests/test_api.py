@@ -14,7 +14,8 @@ import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
 from sync.app import create_app
-from sync.store import ListQuery, Reader
+from sync.store import ListQuery
+from sync.store.sqlite.reader import SqliteReader
 from tests.fake_upstream import OFFICIAL
 from tests.helpers import DEPRECATED, MULTI, mirror_config
 
@@ -345,7 +346,7 @@ class TestIndexes:
         self, mirror_db: Path, query: dict[str, Any], index: str
     ) -> None:
         """Every list query walks an index; only a small updated_since delta is sorted."""
-        reader = await Reader.open(mirror_db, connections=1)
+        reader = await SqliteReader.open(mirror_db, connections=1)
         reader.sort_delta_max = 1000  # the 2,628 rows since 2026-11-01 are then "many"
         try:
             plan = " | ".join(await reader.plan(ListQuery("default", 30, **query)))
@@ -362,7 +363,7 @@ class TestIndexes:
     async def test_search_paths_agree(self, mirror_db: Path, term: str) -> None:
         """The trigram index (rare terms) and the index-ordered scan (short or common terms)
         return the same pages; the plan shows which one ran."""
-        reader = await Reader.open(mirror_db, connections=1)
+        reader = await SqliteReader.open(mirror_db, connections=1)
         try:
             query = ListQuery("default", 100, search=term)
             reader.search_sort_max = 10**6

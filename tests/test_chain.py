@@ -12,11 +12,12 @@ import aiohttp
 from aiohttp.test_utils import TestServer
 
 from sync.app import create_app
-from sync.cache import ResponseCache
 from sync.config import config_from_mapping
-from sync.engine import Engine
 from sync.metrics import Metrics
-from sync.store import Reader, Store
+from sync.pull.engine import Engine
+from sync.serve.cache import ResponseCache
+from sync.store.sqlite.reader import SqliteReader
+from sync.store.sqlite.writer import SqliteStore
 from tests.fake_upstream import FakeRegistry
 from tests.helpers import no_sleep, official, served
 
@@ -40,15 +41,15 @@ async def test_second_mirror_follows_the_first(
         )
 
     first_config = config("first", fake_url)
-    first_store = await Store.open(first_config.storage.path)
+    first_store = await SqliteStore.open(first_config.storage.path)
     first = Engine(first_config, first_store, Metrics(), sleep=no_sleep)
     assert (await first.run("up")).outcome == "ok"
     api = TestServer(create_app(first_config, sync=False))
     await api.start_server()
     second_config = config("second", str(api.make_url("")).rstrip("/"))
-    second_store = await Store.open(second_config.storage.path)
+    second_store = await SqliteStore.open(second_config.storage.path)
     second = Engine(second_config, second_store, Metrics(), sleep=no_sleep)
-    readers = [await Reader.open(c.storage.path) for c in (first_config, second_config)]
+    readers = [await SqliteReader.open(c.storage.path) for c in (first_config, second_config)]
     try:
         result = await second.run("up")
         assert (result.outcome, result.mode, result.counts.inserted) == ("ok", "full", 2628)
@@ -84,7 +85,7 @@ async def synced_mirror(tmp_path: Path, fake_url: str) -> AsyncIterator[tuple[En
             "upstreams": [{"name": "up", "url": fake_url, "page_delay": 0}],
         }
     )
-    store = await Store.open(config.storage.path)
+    store = await SqliteStore.open(config.storage.path)
     engine = Engine(config, store, Metrics(), sleep=no_sleep)
     await engine.run("up")
     api = TestServer(create_app(config, sync=False))

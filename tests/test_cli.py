@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from sync import __version__
-from sync.store import Store
+from sync.store.sqlite.writer import SqliteStore
 from tests.cli_helpers import TOKEN, run, write_config
 from tests.fake_upstream import FakeRegistry
 from tests.helpers import serving
@@ -72,7 +72,7 @@ class TestSync:
 
     async def test_second_writer_is_refused(self, tmp_path: Path, fake_url: str) -> None:
         config = write_config(tmp_path, fake_url)
-        holder = await Store.open(tmp_path / "mirror.db")
+        holder = await SqliteStore.open(tmp_path / "mirror.db")
         try:
             code, _, err = await run("--config", config, "sync")
         finally:
@@ -152,7 +152,7 @@ class TestStatus:
 
     async def test_a_running_pass_is_in_progress(self, tmp_path: Path) -> None:
         config = write_config(tmp_path, "http://127.0.0.1:9")
-        store = await Store.open(tmp_path / "mirror.db")
+        store = await SqliteStore.open(tmp_path / "mirror.db")
         try:
             async with store.transaction():
                 await store.state("official")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from sync.config import Config
-from sync.engine import Engine
+from sync.pull.engine import Engine
 from tests.fake_upstream import FakeRegistry
 
 

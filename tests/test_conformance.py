@@ -95,7 +95,7 @@ async def schemathesis(spec: Path, url: str, *args: str, hooks: str = "") -> tup
 async def test_served_spec_holds_for_every_check(full_mirror: str) -> None:
     """Every check but two: auth (there is none) and positive-data acceptance, which cannot
     hold because `updated_since` with `include_deleted=false` is a documented 400 upstream."""
-    spec = Path(__file__).parent.parent / "sync" / "openapi.yaml"
+    spec = Path(__file__).parent.parent / "sync" / "serve" / "openapi.yaml"
     code, out = await schemathesis(
         spec,
         full_mirror,
@@ -124,7 +124,7 @@ async def test_served_spec_holds_at_rfc3339_edges(full_mirror: str, tmp_path: Pa
     hooks = tmp_path / "rfc3339_hooks.py"
     hooks.write_text(RFC3339_HOOKS.format(root=str(Path(__file__).parent.parent)))
     code, out = await schemathesis(
-        Path(__file__).parent.parent / "sync" / "openapi.yaml",
+        Path(__file__).parent.parent / "sync" / "serve" / "openapi.yaml",
         full_mirror,
         "--include-path-regex",
         "/servers$",
@@ -158,7 +158,7 @@ def test_catalogue_really_has_nonconforming_entries(catalogue: list[dict[str, An
 
 def test_served_spec_admits_every_real_entry(catalogue: list[dict[str, Any]]) -> None:
     """What schemathesis finds only when a page happens to hold such an entry."""
-    served = _server_schema(Path(__file__).parent.parent / "sync" / "openapi.yaml")
+    served = _server_schema(Path(__file__).parent.parent / "sync" / "serve" / "openapi.yaml")
     rejected = [
         (i["server"]["name"], i["server"]["version"])
         for i in catalogue

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from sync.config import Config, config_from_mapping
-from sync.engine import Engine
 from sync.metrics import Metrics
-from sync.store import Reader, Store
+from sync.pull.engine import Engine
+from sync.store.sqlite.reader import SqliteReader
+from sync.store.sqlite.writer import SqliteStore
 from tests.cli_helpers import run
 from tests.fake_upstream import OFFICIAL, FakeRegistry
 from tests.helpers import no_sleep, official, served
@@ -101,7 +102,7 @@ def curated_fake(fake: FakeRegistry) -> FakeRegistry:
 
 
 async def _sync(config: Config) -> dict[tuple[str, str], dict[str, Any]]:
-    store = await Store.open(config.storage.path)
+    store = await SqliteStore.open(config.storage.path)
     engine = Engine(config, store, Metrics(), sleep=no_sleep)
     try:
         await engine.startup()
@@ -111,7 +112,7 @@ async def _sync(config: Config) -> dict[tuple[str, str], dict[str, Any]]:
     finally:
         await engine.close()
         await store.close()
-    reader = await Reader.open(config.storage.path)
+    reader = await SqliteReader.open(config.storage.path)
     try:
         return await served(reader)
     finally:
@@ -181,7 +182,7 @@ class TestCuratedMirror:
         before = _visible(await _sync(config))
         curated_fake.fail(503, times=50)
         private_file.write_text(json.dumps([*PRIVATE, {**PRIVATE[0], "version": "2.2.0"}]))
-        store = await Store.open(config.storage.path)
+        store = await SqliteStore.open(config.storage.path)
         engine = Engine(config, store, Metrics(), sleep=no_sleep)
         try:
             results = [await engine.run(u.name) for u in config.upstreams]
@@ -189,7 +190,7 @@ class TestCuratedMirror:
             await engine.close()
             await store.close()
         assert [r.outcome for r in results] == ["ok", "failed"]
-        reader = await Reader.open(config.storage.path)
+        reader = await SqliteReader.open(config.storage.path)
         try:
             after = _visible(await served(reader))
         finally:
@@ -208,7 +209,7 @@ class TestReapply:
         )
         config = _config(tmp_path, fake_url, stricter)
         curated_fake.requests.clear()
-        store = await Store.open(config.storage.path)
+        store = await SqliteStore.open(config.storage.path)
         engine = Engine(config, store, Metrics(), sleep=no_sleep)
         try:
             await engine.startup()
@@ -216,7 +217,7 @@ class TestReapply:
             await engine.close()
             await store.close()
         assert curated_fake.requests == []
-        reader = await Reader.open(config.storage.path)
+        reader = await SqliteReader.open(config.storage.path)
         try:
             after = await served(reader)
         finally:

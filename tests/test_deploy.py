@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sync.config import config_from_mapping
 from sync.metrics import Metrics
-from sync.server import FD_RESERVE
+from sync.serve.server import FD_RESERVE
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
 YAML_FILES = sorted(p for p in DEPLOY.rglob("*.y*ml"))

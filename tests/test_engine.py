@@ -8,8 +8,8 @@ from typing import Any
 
 from sync import __version__
 from sync.config import Config
-from sync.engine import Engine
 from sync.metrics import Metrics
+from sync.pull.engine import Engine
 from sync.store import ListQuery, Reader, Store
 from tests.fake_upstream import FakeRegistry
 from tests.helpers import assert_mirrors, latest_by_name, no_sleep, official, served

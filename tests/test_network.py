@@ -23,11 +23,11 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from sync.config import Config, config_from_mapping, load_config
-from sync.engine import Engine
 from sync.errors import ConfigError
 from sync.metrics import Metrics
-from sync.passes import PassResult
-from sync.store import Store
+from sync.pull.engine import Engine
+from sync.pull.passes import PassResult
+from sync.store.sqlite.writer import SqliteStore
 from tests.cli_helpers import TOKEN, free_port, run, write_config
 from tests.fake_upstream import FakeRegistry
 from tests.helpers import no_sleep, serving
@@ -96,7 +96,7 @@ def pki(tmp_path: Path) -> Pki:
 
 
 async def one_pass(config: Config, *, backoff: tuple[float, float] = (0.0, 0.0)) -> PassResult:
-    store = await Store.open(config.storage.path)
+    store = await SqliteStore.open(config.storage.path)
     engine = Engine(config, store, Metrics(), sleep=no_sleep, backoff=backoff)
     try:
         await engine.startup()

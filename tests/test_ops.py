@@ -17,9 +17,9 @@ from structlog.testing import capture_logs
 from sync import __version__
 from sync.app import create_app
 from sync.config import Config
-from sync.engine import Engine
 from sync.metrics import Metrics
-from sync.store import Store
+from sync.pull.engine import Engine
+from sync.store.sqlite.writer import SqliteStore
 from tests.cli_helpers import spawn, write_config
 from tests.fake_upstream import FakeRegistry
 from tests.helpers import no_sleep
@@ -65,7 +65,7 @@ class TestMetrics:
             filter={"exclude": ["ai.exa/*"]},
         )
         metrics, clock = Metrics(), Clock()
-        store = await Store.open(config.storage.path)
+        store = await SqliteStore.open(config.storage.path)
         engine = Engine(config, store, metrics, sleep=no_sleep, clock=clock)
         fake.add_raw({"name": "bad name", "version": "1", "description": "poison"})
         try:
@@ -174,7 +174,7 @@ class TestReadiness:
             {"name": "official", "url": fake_url, "interval": "10m"}, api={"readiness": "fresh"}
         )
         clock = Clock()
-        store = await Store.open(config.storage.path)
+        store = await SqliteStore.open(config.storage.path)
         engine = Engine(config, store, Metrics(), sleep=no_sleep, clock=clock)
         client = await ops_client(config, Metrics(), clock)
         try:

@@ -27,10 +27,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sync.app import create_app
 from sync.config import Config, config_from_mapping
-from sync.engine import Engine
 from sync.errors import ConfigError
 from sync.metrics import Metrics
-from sync.store import Store
+from sync.pull.engine import Engine
+from sync.store.sqlite.writer import SqliteStore
 from tests.cli_helpers import free_port, spawn, write_config
 from tests.fake_upstream import FakeRegistry
 from tests.helpers import mirror_config, no_sleep
@@ -63,7 +63,7 @@ class TestReadiness:
             update={"api": config.api.model_copy(update={"readiness": "fresh"})}
         )
         clock = Clock()
-        store = await Store.open(config.storage.path)
+        store = await SqliteStore.open(config.storage.path)
         engine = Engine(config, store, Metrics(), sleep=no_sleep, clock=clock)
         client = await ops_client(config, Metrics(), clock)
         strict_client = await ops_client(strict, Metrics(), clock)
@@ -193,7 +193,7 @@ class TestOutageMetrics:
             }
         )
         clock = Clock()
-        store = await Store.open(config.storage.path)
+        store = await SqliteStore.open(config.storage.path)
         engine = Engine(config, store, Metrics(), sleep=no_sleep, clock=clock)
         client = await ops_client(config, Metrics(), clock)
         try:
@@ -254,7 +254,7 @@ class TestOutageMetrics:
         assert not any(name == "subregistry_sync_runs_total" for name, _ in restarted)
 
         # Recovery, once the circuit lets a pass through: the failure gauges drop to 0.
-        store = await Store.open(config.storage.path)
+        store = await SqliteStore.open(config.storage.path)
         engine = Engine(config, store, Metrics(), sleep=no_sleep, clock=clock)
         client = await ops_client(config, Metrics(), clock)
         try:
@@ -295,7 +295,7 @@ class TestExportedSeries:
             {"name": "official", "url": fake_url}, filter={"exclude": ["ai.exa/*"]}
         )
         metrics, clock = Metrics(), Clock()
-        store = await Store.open(config.storage.path)
+        store = await SqliteStore.open(config.storage.path)
         engine = Engine(config, store, metrics, sleep=no_sleep, clock=clock)
         try:
             assert (await engine.run("official")).outcome == "ok"

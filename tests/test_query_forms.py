@@ -16,13 +16,16 @@ from urllib.parse import quote
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from sync.api import _decode_cursor, encode_cursor
 from sync.app import create_app
 from sync.config import Config
-from sync.engine import Engine
 from sync.metrics import Metrics
+from sync.pull.engine import Engine
+from sync.serve.api import _decode_cursor, encode_cursor
 from sync.store import ListQuery, Reader, Store
-from sync.store.schema import MIGRATIONS, fold
+from sync.store.sqlite.reader import SqliteReader
+from sync.store.sqlite.schema import MIGRATIONS
+from sync.store.sqlite.writer import SqliteStore
+from sync.store.text import fold
 from tests.fake_upstream import OFFICIAL, FakeRegistry
 from tests.helpers import build_mirror, mirror_config, no_sleep
 
@@ -216,7 +219,7 @@ class TestOfficialCursor:
     async def test_every_served_position_in_every_form(self, forms_db: Path) -> None:
         """Ours never contain `/` or `:` (so the forms cannot be confused), and each form
         names the same position, for every served version."""
-        reader = await Reader.open(forms_db, connections=1)
+        reader = await SqliteReader.open(forms_db, connections=1)
         try:
             rows = [(n, v) async for n, v, _, _ in reader.export("default")]
         finally:
@@ -311,7 +314,7 @@ class TestFoldedSearch:
 
     @pytest.mark.parametrize("term", TERMS)
     async def test_both_paths_fold_case_and_agree(self, forms_db: Path, term: str) -> None:
-        reader = await Reader.open(forms_db, connections=1)
+        reader = await SqliteReader.open(forms_db, connections=1)
         try:
             expected = await reference(reader, term)
             indexed, scanned, indexed_plan, scanned_plan = await both_paths(reader, term)
@@ -385,7 +388,7 @@ class TestMigration:
         path = tmp_path / "old.db"
         shutil.copy(forms_db, path)
         downgrade(path, deferred=deferred)
-        store = await Store.open(path)
+        store = await SqliteStore.open(path)
         try:
             assert await store.setting("search_index") == "ready"
             assert not await store.rebuild_search_index()  # complete and maintained already
@@ -396,7 +399,7 @@ class TestMigration:
             triggers = db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'")
             assert triggers.fetchone()[0] == 3
         db.close()
-        old, new = await Reader.open(forms_db, connections=1), await Reader.open(path)
+        old, new = await SqliteReader.open(forms_db, connections=1), await SqliteReader.open(path)
         try:
             for term in ("ÉTÉ", "ЖУРНАЛ", "İSTANBUL", "ᏣᎳᎩ", "ＳＥＲＶＥＲ", "0% p", "FÜR"):
                 migrated = await both_paths(new, term)

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from sync.config import Config, config_from_mapping
-from sync.rules import Candidate, compile_rules, evaluate
-from sync.store.records import StoredEntry
-from sync.view import decide
+from sync.curate.rules import Candidate, compile_rules, evaluate
+from sync.curate.view import decide
+from sync.model import StoredEntry
 
 
 @pytest.fixture(scope="module")

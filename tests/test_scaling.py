@@ -16,9 +16,9 @@ from typing import Any
 
 from aiohttp.test_utils import TestServer
 
-from sync.engine import Engine
 from sync.metrics import Metrics
-from sync.store import Store
+from sync.pull.engine import Engine
+from sync.store.sqlite.writer import SqliteStore
 from tests.fake_upstream import OFFICIAL, FakeRegistry
 from tests.helpers import mirror_config, no_sleep
 
@@ -45,7 +45,7 @@ async def writer_steps(items: list[dict[str, Any]], path: Path) -> int:
     fake = FakeRegistry(json.loads(json.dumps(items)))
     server = TestServer(fake.app())
     await server.start_server()
-    store = await Store.open(path)
+    store = await SqliteStore.open(path)
     steps = 0
 
     def count() -> int:

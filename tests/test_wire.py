@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sync.wire import MalformedPage, parse_page
+from sync.pull.wire import MalformedPage, parse_page
 from tests.conftest import DATA
 
 

@@ -1,32 +1,49 @@
-"""Everything SQL lives in this package: the writer, the read-only readers, the schema."""
+"""Everything SQL lives in this package: an interface, its records, and one sub-package per
+backend (`sqlite`, the embedded default; `postgres`, shared by replicas)."""
 
 from __future__ import annotations
 
-from sync.store.reader import ListQuery, Reader
+from typing import TYPE_CHECKING
+
+from sync.errors import StoreError
+from sync.store.interface import Reader, Store
 from sync.store.records import (
-    ExistingServed,
+    ListQuery,
     PassCounts,
     PassRecord,
     QuarantineRecord,
-    ServedRow,
-    StoredEntry,
+    ServedItem,
     UpstreamState,
-    format_stamp,
-    utcnow,
 )
-from sync.store.writer import Store
+from sync.store.sqlite.reader import SqliteReader
+from sync.store.sqlite.writer import SqliteStore
+
+if TYPE_CHECKING:
+    from sync.config import StorageConfig
 
 __all__ = [
-    "ExistingServed",
     "ListQuery",
     "PassCounts",
     "PassRecord",
     "QuarantineRecord",
     "Reader",
-    "ServedRow",
+    "ServedItem",
     "Store",
-    "StoredEntry",
     "UpstreamState",
-    "format_stamp",
-    "utcnow",
+    "open_reader",
+    "open_store",
 ]
+
+
+async def open_store(storage: StorageConfig) -> Store:
+    """The writer of the configured store, its schema migrated."""
+    if storage.url is not None:
+        raise StoreError("PostgreSQL storage: not built yet")
+    return await SqliteStore.open(storage.path)
+
+
+async def open_reader(storage: StorageConfig, *, connections: int | None = None) -> Reader:
+    """Read-only access to the configured store."""
+    if storage.url is not None:
+        raise StoreError("PostgreSQL storage: not built yet")
+    return await SqliteReader.open(storage.path, connections=connections or 2)

@@ -3,77 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 __all__ = [
-    "ExistingServed",
+    "ListQuery",
     "PassCounts",
     "PassRecord",
     "QuarantineRecord",
-    "ServedRow",
-    "StoredEntry",
+    "ServedItem",
     "Sweep",
     "UpstreamState",
-    "format_stamp",
-    "utcnow",
 ]
-
-
-_ZERO = timedelta(0)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def format_stamp(moment: datetime) -> str:
-    """The mirror's own timestamps: fixed width, so text order is time order in SQL."""
-    if moment.utcoffset() != _ZERO:
-        moment = moment.astimezone(UTC)
-    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
-
-
-class StoredEntry(NamedTuple):
-    """An upstream entry as the mirror holds it, raw JSON text included."""
-
-    id: int
-    upstream: str
-    name: str
-    version: str
-    server: str
-    meta: str | None
-    status: str
-    status_message: str | None
-    status_changed_at: str | None
-    published_at: str | None
-    upstream_updated_at: str | None
-    description: str
-    stored_at: str
-    first_seen_at: str
-    removed_at: str | None
-
-
-class ExistingServed(NamedTuple):
-    """What a served row was, enough to tell whether a rebuilt row differs."""
-
-    entry_id: int
-    form: bytes
-
-
-class ServedRow(NamedTuple):
-    """One (name, version) of a served view, ready to be written."""
-
-    name: str
-    version: str
-    entry_id: int
-    upstream: str
-    status: str
-    is_latest: bool
-    published_ts: float
-    description: str
-    form: bytes
-    meta: str
 
 
 @dataclass(slots=True)
@@ -153,3 +93,18 @@ class QuarantineRecord:
     raw: str
     first_seen: str
     last_seen: str
+
+
+ServedItem = tuple[str, str, str, str]  # name, version, server JSON, _meta JSON
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    view: str
+    limit: int
+    # (name, version): after that position; (name, None): after every version of that name.
+    after: tuple[str, str | None] | None = None
+    search: str | None = None
+    updated_since: str | None = None
+    version: str | None = None
+    include_deleted: bool = False

@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 
 from sync.config import Config
-from sync.engine import Engine
 from sync.metrics import Metrics
-from sync.store import Reader, Store
+from sync.pull.engine import Engine
+from sync.store import Store
+from sync.store.sqlite.reader import SqliteReader
+from sync.store.sqlite.writer import SqliteStore
 from tests.fake_upstream import FakeRegistry
 from tests.helpers import assert_mirrors, served
 
@@ -46,7 +48,7 @@ def build_engine(
 
     async def build(**upstream: Any) -> Engine:
         config = make_config({"name": "official", "url": fake_url, **upstream})
-        store = await Store.open(config.storage.path)
+        store = await SqliteStore.open(config.storage.path)
         engine = Engine(
             config, store, Metrics(), sleep=waits, backoff=(0.5, 8.0), monotonic=waits.clock
         )
@@ -68,7 +70,7 @@ async def engines(build_engine: Any) -> AsyncIterator[Any]:
 async def check_truth(engine: Engine, fake: FakeRegistry) -> None:
     """Nothing lost, nothing corrupted: the served view equals upstream, the file is sound."""
     assert await engine.store.integrity_check() == "ok"
-    reader = await Reader.open(engine.store.path)
+    reader = await SqliteReader.open(engine.store.path)
     try:
         assert_mirrors(await served(reader), fake)
     finally:

@@ -9,8 +9,8 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from sync.api import READER
 from sync.app import create_app
+from sync.serve.api import READER
 from tests.helpers import mirror_config
 
 

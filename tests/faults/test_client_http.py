@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from sync.app import create_app
-from sync.middleware import canonical_location
+from sync.serve.middleware import canonical_location
 from tests.fake_upstream import OFFICIAL
 from tests.helpers import DEPRECATED, MULTI, build_mirror, mirror_config
 

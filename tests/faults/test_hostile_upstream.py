@@ -22,11 +22,12 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from sync.app import create_app
-from sync.engine import Engine
 from sync.metrics import Metrics
-from sync.store import Reader, Store
-from sync.upstream import origin
-from sync.wire import parse_page
+from sync.pull.engine import Engine
+from sync.pull.upstream import origin
+from sync.pull.wire import parse_page
+from sync.store.sqlite.reader import SqliteReader
+from sync.store.sqlite.writer import SqliteStore
 from tests.fake_upstream import OFFICIAL, FakeRegistry
 from tests.faults.conftest import check_truth
 from tests.helpers import (
@@ -81,7 +82,7 @@ async def failed_without_moving(engine: Engine, reason: str) -> None:
         state = await engine.store.state("official")
     assert state.failures == 1 and reason in (state.last_error or "")
     assert state.checkpoint is None
-    reader = await Reader.open(engine.store.path)
+    reader = await SqliteReader.open(engine.store.path)
     try:
         [record] = await reader.passes("official")
     finally:
@@ -191,7 +192,7 @@ class TestContentNeverCrashesAPass:
         result = await engine.run("official")
         assert result.outcome == "ok", result.error
         assert await engine.store.integrity_check() == "ok"
-        reader = await Reader.open(engine.store.path)
+        reader = await SqliteReader.open(engine.store.path)
         try:
             quarantined = await reader.quarantine("official")
             mirror = await served(reader)
@@ -243,12 +244,12 @@ class TestContentNeverCrashesAPass:
         fake.requests.clear()
         with tempfile.TemporaryDirectory() as folder:
             config = mirror_config(Path(folder) / "fuzz.db", fake_url)
-            store = await Store.open(config.storage.path)
+            store = await SqliteStore.open(config.storage.path)
             engine = Engine(config, store, Metrics(), sleep=no_sleep)
             try:
                 result = await engine.run("official")
                 assert result.outcome in ("ok", "failed")
-                reader = await Reader.open(store.path)
+                reader = await SqliteReader.open(store.path)
                 try:
                     assert all(p.outcome != "running" for p in await reader.passes())
                 finally:
@@ -283,7 +284,7 @@ class TestOneBadEntryNeverBlocksTheRest:
         assert f"after cursor {':'.join(keys[149])!r} cannot be read even alone" in (
             result.error or ""
         )
-        reader = await Reader.open(engine.store.path)
+        reader = await SqliteReader.open(engine.store.path)
         try:
             mirror = await served(reader)
             stored = await reader.entries_for({name for name, _ in keys})
@@ -304,7 +305,7 @@ class TestOneBadEntryNeverBlocksTheRest:
         engine = await engines(max_response_bytes=64 * 1024, retries=1)
         result = await engine.run("official")
         assert result.outcome == "ok", result.error
-        reader = await Reader.open(engine.store.path)
+        reader = await SqliteReader.open(engine.store.path)
         try:
             [record] = await reader.quarantine("official")
             mirror = await served(reader)
@@ -322,7 +323,7 @@ class TestRemovalNeedsAgreement:
         60 %: nothing is withdrawn; a complete pass after it clears the marks."""
         engine = await engines()
         assert (await engine.run("official")).outcome == "ok"
-        reader = await Reader.open(engine.store.path)
+        reader = await SqliteReader.open(engine.store.path)
         before = await served(reader)
 
         def stale(count: int, query: dict[str, str], body: str) -> str:
@@ -348,7 +349,7 @@ class TestRemovalNeedsAgreement:
         await engine.run("official")
         key = sorted(fake.rows)[500]
         row = fake.rows.pop(key)
-        reader = await Reader.open(engine.store.path)
+        reader = await SqliteReader.open(engine.store.path)
         try:
             await engine.run("official", full=True)
             assert official((await served(reader))[key])["status"] == "active"
@@ -423,7 +424,7 @@ class TestCredentialsStayWithTheirOrigin:
 
 
 async def _served(engine: Engine) -> dict[tuple[str, str], dict[str, Any]]:
-    reader = await Reader.open(engine.store.path)
+    reader = await SqliteReader.open(engine.store.path)
     try:
         return await served(reader)
     finally:

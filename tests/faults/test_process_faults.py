@@ -15,9 +15,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sync.engine import Engine
 from sync.metrics import Metrics
-from sync.store import Reader, Store
+from sync.pull.engine import Engine
+from sync.store.sqlite.reader import SqliteReader
+from sync.store.sqlite.writer import SqliteStore
 from tests.cli_helpers import free_port, run, spawn, write_config
 from tests.fake_upstream import FakeRegistry
 from tests.faults.conftest import check_truth
@@ -55,7 +56,7 @@ async def test_sigkill_mid_pass_resumes_and_ends_identical(
     code, _, err = await run("--config", config, "sync")
     assert code == 0, err
     assert fake.requests[0]["cursor"] == cursor
-    reader = await Reader.open(db)
+    reader = await SqliteReader.open(db)
     try:
         assert_mirrors(await served(reader), fake)
         history = await reader.passes("official")
@@ -142,7 +143,7 @@ async def test_disk_full_fails_the_pass_then_resumes(
     config = config.model_copy(
         update={"storage": config.storage.model_copy(update={"path": small_disk / "mirror.db"})}
     )
-    store = await Store.open(config.storage.path)
+    store = await SqliteStore.open(config.storage.path)
     engine = Engine(config, store, Metrics(), sleep=no_sleep)
     try:
         result = await engine.run("official")
@@ -180,7 +181,7 @@ async def test_read_only_database_is_a_clear_error(
     remount(small_disk, "rw")
     with sqlite3.connect(small_disk / "mirror.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    reader = await Reader.open(small_disk / "mirror.db")
+    reader = await SqliteReader.open(small_disk / "mirror.db")
     try:
         assert_mirrors(await served(reader), fake)
     finally:

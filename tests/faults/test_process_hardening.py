@@ -19,9 +19,9 @@ import pytest
 import structlog
 from aiohttp.test_utils import TestClient, TestServer
 
-from sync.api import CACHE
 from sync.app import create_app
-from sync.server import ACCEPT_LOG_INTERVAL, FD_RESERVE
+from sync.serve.api import CACHE
+from sync.serve.server import ACCEPT_LOG_INTERVAL, FD_RESERVE
 from tests.cli_helpers import free_port, spawn, write_config
 from tests.helpers import mirror_config
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
-from sync.store import Reader
-from sync.upstream import parse_retry_after
+from sync.pull.upstream import parse_retry_after
+from sync.store.sqlite.reader import SqliteReader
 from tests.fake_upstream import FakeRegistry
 from tests.faults.conftest import Waits, check_truth
 
@@ -124,7 +124,7 @@ class TestBadContent:
             3,
             2628,
         )
-        reader = await Reader.open(engine.store.path)
+        reader = await SqliteReader.open(engine.store.path)
         try:
             held = {q.key: (q.upstream, q.reason) for q in await reader.quarantine()}
             assert held["not a valid name@1.0.0"] == (
@@ -170,7 +170,7 @@ class TestBadContent:
 
         too_big = {k for k in fake.rows if alone(k) > 50_000}
         assert len(too_big) == 1  # the largest entry of the real catalogue (58.6 kB)
-        reader = await Reader.open(engine.store.path)
+        reader = await SqliteReader.open(engine.store.path)
         try:
             quarantined = {q.key for q in await reader.quarantine("official")}
         finally:

@@ -11,19 +11,18 @@ import itertools
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiosqlite
 
 from sync.errors import StoreError
-from sync.store.queries import select_entries, select_states
-from sync.store.records import PassRecord, QuarantineRecord, StoredEntry, UpstreamState
-from sync.store.schema import fold
+from sync.model import StoredEntry
+from sync.store.records import ListQuery, PassRecord, QuarantineRecord, ServedItem, UpstreamState
+from sync.store.sqlite.queries import select_entries, select_states
+from sync.store.text import fold
 
-__all__ = ["ListQuery", "Reader", "ServedItem"]
+__all__ = ["SqliteReader"]
 
-ServedItem = tuple[str, str, str, str]  # name, version, server JSON, _meta JSON
 
 _ITEM = (
     "SELECT s.name, s.version, e.server, s.meta FROM served s JOIN entries e ON e.id = s.entry_id"
@@ -34,18 +33,6 @@ _PASS_COLUMNS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class ListQuery:
-    view: str
-    limit: int
-    # (name, version): after that position; (name, None): after every version of that name.
-    after: tuple[str, str | None] | None = None
-    search: str | None = None
-    updated_since: str | None = None
-    version: str | None = None
-    include_deleted: bool = False
-
-
 def _exists(path: Path) -> bool:
     return path.exists()
 
@@ -54,7 +41,7 @@ def _on_read_only_storage(path: Path) -> bool:
     return _exists(path) and not os.access(path.parent, os.W_OK)
 
 
-class Reader:
+class SqliteReader:
     def __init__(
         self,
         connections: list[aiosqlite.Connection],
@@ -70,7 +57,7 @@ class Reader:
         self._next = itertools.cycle(connections)
 
     @classmethod
-    async def open(cls, path: Path, *, connections: int = 2) -> Reader:
+    async def open(cls, path: Path, *, connections: int = 2) -> SqliteReader:
         uri = f"file:{path}?mode=ro"
         try:
             return cls(await cls._connect(uri, connections), path=path)
@@ -86,13 +73,13 @@ class Reader:
         hint = "" if _exists(path) else " (run a sync first)"
         raise StoreError(f"cannot open {path} read-only: {error}{hint}") from None
 
-    async def reopen(self) -> Reader:
+    async def reopen(self) -> SqliteReader:
         """Read the file now at this path from here on (open connections keep reading the file
         they opened, whatever replaced it); the old connections come back as a Reader of their
         own, for the caller to close once the requests still using them are done."""
         assert self.path is not None
-        fresh = await Reader.open(self.path, connections=len(self._connections))
-        old = Reader(self._connections, path=self.path)
+        fresh = await SqliteReader.open(self.path, connections=len(self._connections))
+        old = SqliteReader(self._connections, path=self.path)
         self._connections, self._next = fresh._connections, fresh._next
         return old
 

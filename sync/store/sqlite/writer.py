@@ -20,13 +20,13 @@ from pathlib import Path
 import aiosqlite
 
 from sync.errors import StoreError, StoreLocked
-from sync.store.entries import EntryWrites
-from sync.store.passes import PassWrites
-from sync.store.records import format_stamp, utcnow
-from sync.store.schema import migrate
-from sync.store.served import ServedWrites
+from sync.model import format_stamp, utcnow
+from sync.store.sqlite.entries import EntryWrites
+from sync.store.sqlite.passes import PassWrites
+from sync.store.sqlite.schema import migrate
+from sync.store.sqlite.served import ServedWrites
 
-__all__ = ["Store"]
+__all__ = ["SqliteStore"]
 
 
 def _lock(path: Path) -> int:
@@ -45,7 +45,7 @@ def _lock(path: Path) -> int:
     return fd
 
 
-class Store(PassWrites, EntryWrites, ServedWrites):
+class SqliteStore(PassWrites, EntryWrites, ServedWrites):
     """Owns the writer connection. Create with `await Store.open(path)`."""
 
     def __init__(self, db: aiosqlite.Connection, path: Path, lock_fd: int | None) -> None:
@@ -58,7 +58,7 @@ class Store(PassWrites, EntryWrites, ServedWrites):
         self._stamp_prefix = ""
 
     @classmethod
-    async def open(cls, path: Path) -> Store:
+    async def open(cls, path: Path) -> SqliteStore:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -93,6 +93,10 @@ class Store(PassWrites, EntryWrites, ServedWrites):
             await store.close()
             raise
         return store
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
 
     async def close(self) -> None:
         try:

@@ -16,21 +16,22 @@ from datetime import datetime, timedelta
 import structlog
 
 from sync.config import DEFAULT_VIEW, Config, UpstreamConfig
-from sync.curation import Curator
+from sync.curate.curation import Curator
 from sync.errors import (
     StoreError,
     UpstreamError,
 )
 from sync.metrics import Metrics
-from sync.paging import Pager, Plan, Progress, Stop, Stopped
-from sync.passes import PassResult, circuit_delay, report
-from sync.store import Store, UpstreamState, format_stamp, utcnow
-from sync.upstream import Sleep, UpstreamClient
-from sync.wire import MalformedPage
+from sync.model import format_stamp, utcnow
+from sync.pull.paging import Pager, Plan, Progress, Stop, Stopped
+from sync.pull.passes import PassResult, circuit_delay, report
+from sync.pull.upstream import Sleep, UpstreamClient
+from sync.pull.wire import MalformedPage
+from sync.store import Store, UpstreamState
 
 __all__ = ["Engine", "PassResult"]
 
-log = structlog.get_logger("sync.engine")
+log = structlog.get_logger("sync.pull.engine")
 Clock = Callable[[], datetime]
 
 

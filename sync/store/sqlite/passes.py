@@ -6,8 +6,8 @@ from collections.abc import Iterable
 
 import aiosqlite
 
-from sync.store.queries import select_states
 from sync.store.records import PassCounts, UpstreamState
+from sync.store.sqlite.queries import select_states
 
 __all__ = ["PassWrites"]
 

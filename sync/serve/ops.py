@@ -8,9 +8,10 @@ from datetime import datetime
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sync.api import CLOCK, LIVE, METRICS, READER, VIEW
-from sync.health import readiness
-from sync.store import ListQuery, Reader, format_stamp
+from sync.model import format_stamp
+from sync.serve.api import CLOCK, LIVE, METRICS, READER, VIEW
+from sync.serve.health import readiness
+from sync.store import ListQuery, Reader
 from sync.store.records import UpstreamState
 
 __all__ = ["add_ops_routes"]
@@ -84,7 +85,7 @@ async def healthz(_: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """200 while the mirror can answer (see `sync.health.readiness` for the strict mode); the
+    """200 while the mirror can answer (see `sync.serve.health.readiness` for the strict mode); the
     body says how fresh each upstream is either way. A store that cannot answer is a 503."""
     app = request.app
     mode = app[LIVE].config.api.readiness

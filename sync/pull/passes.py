@@ -12,7 +12,7 @@ from sync.store import PassCounts
 
 __all__ = ["PassResult", "circuit_delay", "report"]
 
-log = structlog.get_logger("sync.engine")
+log = structlog.get_logger("sync.pull.engine")
 
 
 @dataclass(slots=True)

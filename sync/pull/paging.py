@@ -19,17 +19,18 @@ from typing import Any
 import structlog
 
 from sync.config import UpstreamConfig
-from sync.curation import Curator
+from sync.curate.curation import Curator
 from sync.errors import BadResponse, UpstreamError, UpstreamUnavailable
-from sync.listing import ListingGuard, NameOrder
-from sync.passes import PassResult
-from sync.store import PassCounts, Store, UpstreamState, format_stamp
-from sync.upstream import Fetched, UpstreamClient
-from sync.wire import MalformedPage, Page, parse_page
+from sync.model import format_stamp
+from sync.pull.listing import ListingGuard, NameOrder
+from sync.pull.passes import PassResult
+from sync.pull.upstream import Fetched, UpstreamClient
+from sync.pull.wire import MalformedPage, Page, parse_page
+from sync.store import PassCounts, Store, UpstreamState
 
 __all__ = ["Pager", "Plan", "Stop", "Stopped"]
 
-log = structlog.get_logger("sync.engine")
+log = structlog.get_logger("sync.pull.engine")
 _BATCH = 500  # pending names decided per transaction at a pass's end
 Progress = Callable[[str, PassCounts], None]
 

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from sync.config import Config
-from sync.rules import compile_rules
-from sync.store.records import StoredEntry
-from sync.view import candidate_of, decide
+from sync.curate.rules import compile_rules
+from sync.curate.view import candidate_of, decide
+from sync.model import StoredEntry
 
 __all__ = ["explain", "render"]
 

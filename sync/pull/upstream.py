@@ -24,7 +24,6 @@ from yarl import URL
 
 from sync import USER_AGENT
 from sync.config import UpstreamConfig
-from sync.egress import BadProxy, Egress
 from sync.errors import (
     BadResponse,
     PermanentUpstreamError,
@@ -33,13 +32,14 @@ from sync.errors import (
     UpstreamUnavailable,
 )
 from sync.metrics import Metrics
-from sync.salvage import ENDS, salvage_page
-from sync.wire import MalformedPage, Page, parse_page
+from sync.pull.egress import BadProxy, Egress
+from sync.pull.salvage import ENDS, salvage_page
+from sync.pull.wire import MalformedPage, Page, parse_page
 
 __all__ = ["Fetched", "UpstreamClient", "parse_retry_after"]
 
 Sleep = Callable[[float], Awaitable[None]]
-log = structlog.get_logger("sync.upstream")
+log = structlog.get_logger("sync.pull.upstream")
 _MAX_REDIRECTS = 5
 _RETRY_AFTER_CAP = 600.0
 _PENALTY_CAP = 60.0

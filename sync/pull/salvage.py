@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 
-from sync.wire import MalformedPage, Page, decode_body, read_cursor, reject
+from sync.pull.wire import MalformedPage, Page, decode_body, read_cursor, reject
 
 __all__ = ["ENDS", "salvage_page"]
 

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from sync.config import Config, UpstreamConfig
+from sync.curate.rules import compile_rules
 from sync.errors import UpstreamError
 from sync.metrics import Metrics
-from sync.rules import compile_rules
-from sync.upstream import UpstreamClient
-from sync.wire import MalformedPage, parse_page
+from sync.pull.upstream import UpstreamClient
+from sync.pull.wire import MalformedPage, parse_page
 
 __all__ = ["Probe", "check", "probe", "summary"]
 

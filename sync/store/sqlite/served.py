@@ -6,9 +6,10 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import aiosqlite
 
-from sync.store.queries import select_by_names
-from sync.store.records import ExistingServed, ServedRow
-from sync.store.schema import SEARCH_TRIGGER_NAMES, SEARCH_TRIGGERS, fold, statements
+from sync.model import ExistingServed, ServedRow
+from sync.store.sqlite.queries import select_by_names
+from sync.store.sqlite.schema import SEARCH_TRIGGER_NAMES, SEARCH_TRIGGERS, statements
+from sync.store.text import fold
 
 __all__ = ["ServedWrites"]
 

@@ -7,7 +7,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sync.config import Config
-from sync.store.records import UpstreamState, format_stamp
+from sync.model import format_stamp
+from sync.store.records import UpstreamState
 
 __all__ = ["readiness", "upstream_report"]
 

@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring as quote
 from typing import Any, NamedTuple
 
-from sync.rules import Candidate, Outcome, RuleSet, evaluate
-from sync.store.records import ExistingServed, ServedRow, StoredEntry
-from sync.versions import latest_of, parse_timestamp, version_key
-from sync.wire import OFFICIAL
+from sync.curate.rules import Candidate, Outcome, RuleSet, evaluate
+from sync.curate.versions import latest_of, parse_timestamp, version_key
+from sync.model import OFFICIAL, ExistingServed, ServedRow, StoredEntry
 
 __all__ = ["Build", "EntryDecision", "build", "candidate_of", "decide"]
 

@@ -6,9 +6,9 @@ from collections.abc import Iterable, Sequence
 
 import aiosqlite
 
-from sync.store.queries import select_entries
-from sync.store.records import PassCounts, StoredEntry, Sweep
-from sync.wire import Entry, Rejected
+from sync.model import Entry, Rejected, StoredEntry
+from sync.store.records import PassCounts, Sweep
+from sync.store.sqlite.queries import select_entries
 
 __all__ = ["EntryWrites"]
 

@@ -15,14 +15,14 @@ from collections.abc import Iterable
 import structlog
 
 from sync.config import DEFAULT_VIEW, Config
+from sync.curate.rules import compile_rules
+from sync.curate.view import Build, build
 from sync.metrics import Metrics
-from sync.rules import compile_rules
 from sync.store import Store
-from sync.view import Build, build
 
 __all__ = ["Curator", "rules_digest"]
 
-log = structlog.get_logger("sync.curation")
+log = structlog.get_logger("sync.curate.curation")
 _BATCH = 500
 
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import aiosqlite
 
-from sync.store.records import StoredEntry, UpstreamState
+from sync.model import StoredEntry
+from sync.store.records import UpstreamState
 
 __all__ = [
     "STATE_COLUMNS",

@@ -13,12 +13,12 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from sync.api import CACHE, CACHED_ROUTES, METRICS, Problem, problem
-from sync.cache import CachedBody
+from sync.serve.api import CACHE, CACHED_ROUTES, METRICS, Problem, problem
+from sync.serve.cache import CachedBody
 
 __all__ = ["canonical_location", "middlewares", "none_match", "wants_gzip"]
 
-log = structlog.get_logger("sync.api")
+log = structlog.get_logger("sync.serve.api")
 # Request ids: unique per process and cheap (uuid4 reads the OS entropy pool every request).
 _PROCESS = f"{os.getpid():x}{int(time.time()) & 0xFFFF:04x}"
 _REQUESTS = itertools.count(1)

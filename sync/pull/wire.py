@@ -17,22 +17,19 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
+
+from sync.model import OFFICIAL, STATUSES, Entry, Rejected
 
 __all__ = [
-    "OFFICIAL",
-    "Entry",
     "MalformedPage",
     "Page",
-    "Rejected",
     "decode_body",
     "parse_page",
     "read_cursor",
     "reject",
 ]
 
-OFFICIAL = "io.modelcontextprotocol.registry/official"
-STATUSES = frozenset({"active", "deprecated", "deleted"})
 NAME = re.compile(r"^[a-zA-Z0-9.-]+/[a-zA-Z0-9._-]+$")
 _WS = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
@@ -48,31 +45,6 @@ MAX_CURSOR_CHARS = 4096
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # Strings and brackets only: enough to find where a value ends without decoding it.
 _STRUCTURE = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{},]', re.DOTALL)
-
-
-class Entry(NamedTuple):
-    """One upstream server version: raw text as received plus the facts the mirror indexes."""
-
-    name: str
-    version: str
-    server: str
-    meta: str | None
-    status: str
-    status_message: str | None
-    status_changed_at: str | None
-    published_at: str | None
-    updated_at: str | None
-    description: str
-    digest: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """An entry that cannot be mirrored, and why; it goes to quarantine, not to the mirror."""
-
-    key: str
-    reason: str
-    raw: str
 
 
 @dataclass(slots=True)

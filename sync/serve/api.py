@@ -20,11 +20,11 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from sync import __version__
-from sync.cache import ResponseCache
 from sync.config import Config
 from sync.metrics import Metrics
-from sync.store import ListQuery, Reader, format_stamp
-from sync.store.reader import ServedItem
+from sync.model import format_stamp
+from sync.serve.cache import ResponseCache
+from sync.store import ListQuery, Reader, ServedItem
 
 __all__ = [
     "CACHE",
@@ -307,7 +307,7 @@ async def version(_: web.Request) -> web.Response:
     )
 
 
-_SPEC = resources.files("sync").joinpath("openapi.yaml").read_bytes()
+_SPEC = resources.files("sync.serve").joinpath("openapi.yaml").read_bytes()
 
 
 async def openapi(_: web.Request) -> web.Response:

@@ -32,7 +32,7 @@ from sync.config import ApiConfig
 
 __all__ = ["BACKLOG", "FD_RESERVE", "ConnectionGuard", "connection_limit", "serve"]
 
-log = structlog.get_logger("sync.server")
+log = structlog.get_logger("sync.serve.server")
 
 BACKLOG = 128
 # Descriptors that are not client connections: asyncio accepts up to BACKLOG sockets in one go

@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Sequence
 
 from sync.errors import MalformedListing
-from sync.upstream import Fetched
+from sync.pull.upstream import Fetched
 
 __all__ = ["ListingGuard", "NameOrder"]
 
