@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar, cast
 
 import structlog
+from pydantic import ValidationError
 
 from sync import __version__, control
 from sync.app import create_app
-from sync.config import DEFAULT_VIEW, Config, load_config
+from sync.config import DEFAULT_VIEW, Config, StorageConfig, load_config
 from sync.curate.curation import Curator
 from sync.curate.explain import explain, render
 from sync.errors import ConfigError, StoreError, StoreLocked
@@ -38,6 +39,7 @@ from sync.serve.server import serve
 from sync.serve.status import collect as collect_status
 from sync.serve.status import render as render_status
 from sync.store import PassCounts, Reader, Store, open_reader, open_store
+from sync.store.postgres.copy import check_dsn, copy_mirror
 
 __all__ = ["main"]
 
@@ -71,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     # Here too, as operators type it after the command; SUPPRESS keeps a --config given first.
     check.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     check.add_argument("--online", action="store_true", help="also read each upstream once")
+    copy = commands.add_parser(
+        "copy", help="copy the SQLite mirror into an empty PostgreSQL database, then exit"
+    )
+    copy.add_argument("--to", required=True, metavar="URL", help="postgresql://user@host/db")
     return parser
 
 
@@ -140,6 +146,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         return _run(_export(config, args.output))
     if args.command == "check":
         return _run(check(config, online=args.online, out=sys.stdout))
+    if args.command == "copy":
+        return _run(_copy(config, args.to))
     raise AssertionError(f"unhandled command {args.command}")
 
 
@@ -367,4 +375,18 @@ async def _export(config: Config, output: Path | None) -> int:
             # After a failure: the close's own error must not replace the first one.
             with suppress(OSError):
                 stream.close()
+    return 0
+
+
+async def _copy(config: Config, target: str) -> int:
+    # The same check as `[storage] url`: this URL is what the replicas will be given next.
+    try:
+        StorageConfig(url=target)
+        check_dsn(target)
+    except (ValidationError, ValueError):
+        raise ConfigError(
+            "--to: must be a PostgreSQL URL such as postgresql://user@host:5432/db"
+        ) from None
+    result = await copy_mirror(config.storage.path, target, lease=config.storage.lease)
+    print(result.summary(), flush=True)
     return 0

@@ -1,0 +1,338 @@
+"""`subregistry copy --to`: a SQLite mirror into an empty PostgreSQL database, whole.
+
+What moves is everything a daemon needs to continue where the SQLite one stands: entries with
+their ids (served rows point at them), served views with their stamps, upstream checkpoints
+including an unfinished pass's resume point, pending names, quarantine, pass history, rule hits
+and settings. The target then continues incrementally instead of refetching the world.
+
+The source is read in one read transaction (a consistent snapshot, even while a daemon writes
+the file), the target written in one transaction (all or nothing: a copy killed half-way leaves
+the database as empty as it found it), both streamed in batches (memory stays bounded whatever
+the mirror's size), under the leadership of the database like any other writer of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiosqlite
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from sync.errors import NotLeader, StoreError
+from sync.store.postgres.schema import LEADER_LOCK, migrate
+
+__all__ = ["TABLES", "CopyResult", "TargetNotEmpty", "check_dsn", "copy_mirror", "public_dsn"]
+
+# Every table of a mirror, each with the key it is read in (the target's indexes then fill in
+# order). `leadership` and the migration records belong to the database, not to the mirror.
+TABLES: Sequence[tuple[str, str]] = (
+    ("entries", "id"),
+    ("served", "id"),
+    ("upstreams", "name"),
+    ("passes", "id"),
+    ("pass_pending", "upstream, name"),
+    ("quarantine", "upstream, key"),
+    ("rule_hits", "view, rule"),
+    ("settings", "key"),
+)
+_SERIAL = ("entries", "served", "passes")  # ids copied as they are; sequences continue after them
+BATCH = 1000
+CONNECT_TIMEOUT = 10
+
+
+class TargetNotEmpty(StoreError):
+    """The target already holds a mirror: a copy never merges into, or replaces, one."""
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    source: Path
+    target: str
+    counts: dict[str, int]
+    seconds: float
+
+    def summary(self) -> str:
+        c = self.counts
+        return (
+            f"copied {self.source} to {self.target}: {c['entries']} entries, "
+            f"{c['served']} served rows, {c['upstreams']} upstreams, {c['passes']} passes, "
+            f"{c['pass_pending']} pending names, {c['quarantine']} quarantined, "
+            f"{c['rule_hits']} rule hits, {c['settings']} settings in {self.seconds:.1f} s"
+        )
+
+
+def public_dsn(dsn: str) -> str:
+    """The DSN for messages: never its password."""
+    parts = urlsplit(dsn)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    user = f"{parts.username}@" if parts.username else ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{user}{host}{port}{parts.path}"
+
+
+def check_dsn(dsn: str) -> None:
+    """Raises ValueError for a URL that libpq (or our messages) could not read."""
+    try:
+        conninfo_to_dict(dsn)
+        urlsplit(dsn).port  # noqa: B018 (parsing it is the check)
+    except (psycopg.Error, ValueError) as exc:
+        raise ValueError(_first_line(exc)) from None
+
+
+def _is_file(path: Path) -> bool:
+    return path.is_file()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+async def copy_mirror(source: Path, dsn: str, *, lease: float, batch: int = BATCH) -> CopyResult:
+    """Copy the SQLite mirror at `source` into the empty database at `dsn`; raises StoreError
+    (TargetNotEmpty, NotLeader, or any failure of either database) with nothing written."""
+    where = public_dsn(dsn)
+    if not _is_file(source):
+        raise StoreError(f"no SQLite mirror at {source} ([storage] path)")
+    started = time.monotonic()
+    holder = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
+    try:
+        async with (
+            _source(source) as src,
+            _Leadership.hold(dsn, where, holder, lease) as leading,
+            await _connect(dsn, holder) as dst,
+        ):
+            # A stalled copy must not hold its locks for longer than a leader could.
+            await dst.execute(
+                "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+                (f"{int(lease * 1000)}ms",),
+            )
+            columns = await _columns(src, dst)
+            async with dst.transaction():
+                await _refuse_a_mirror(dst, where)
+                counts = {
+                    table: await _copy_table(src, dst, table, key, columns[table], batch)
+                    for table, key in TABLES
+                }
+                for table in _SERIAL:
+                    await dst.execute(
+                        sql.SQL(
+                            "SELECT setval(pg_get_serial_sequence(%s, 'id'), "
+                            "coalesce(max(id), 1), max(id) IS NOT NULL) FROM {}"
+                        ).format(sql.Identifier(table)),
+                        (table,),
+                    )
+                await leading.fence(dst)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{source}: {_first_line(exc)}") from None
+    except psycopg.Error as exc:
+        raise StoreError(f"{where}: {_first_line(exc)}") from None
+    return CopyResult(source, where, counts, time.monotonic() - started)
+
+
+@contextlib.asynccontextmanager
+async def _source(path: Path) -> AsyncIterator[aiosqlite.Connection]:
+    """The file read-only, inside one read transaction: every table from the same snapshot."""
+    db = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    try:
+        await db.execute("BEGIN")
+        # A WAL read transaction takes its snapshot at its first read, not at BEGIN.
+        async with db.execute("SELECT count(*) FROM sqlite_master") as cursor:
+            await cursor.fetchone()
+        yield db
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            await db.execute("ROLLBACK")
+        await db.close()
+
+
+async def _connect(dsn: str, holder: str) -> psycopg.AsyncConnection[tuple[Any, ...]]:
+    # The name lets a successor end our backends should we stall holding the leadership.
+    return await psycopg.AsyncConnection.connect(
+        dsn,
+        autocommit=True,
+        application_name=f"subregistry {holder}",
+        connect_timeout=CONNECT_TIMEOUT,
+    )
+
+
+async def _columns(
+    src: aiosqlite.Connection, dst: psycopg.AsyncConnection[tuple[Any, ...]]
+) -> dict[str, list[tuple[str, str]]]:
+    """Each table's columns (name, PostgreSQL type), the same set on both sides: a column that
+    only one side has would be lost or left empty, so it stops the copy before it starts."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for table, _ in TABLES:
+        cursor = await dst.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = %s ORDER BY ordinal_position",
+            (table,),
+        )
+        target = [(str(name), str(kind)) for name, kind in await cursor.fetchall()]
+        async with src.execute(f"PRAGMA table_info({table})") as info:
+            source = {str(row[1]) for row in await info.fetchall()}
+        names = {name for name, _ in target}
+        if source != names:
+            missing, extra = sorted(names - source), sorted(source - names)
+            detail = "; ".join(
+                part
+                for part in (
+                    f"the SQLite mirror lacks {', '.join(missing)}" if missing else "",
+                    f"PostgreSQL lacks {', '.join(extra)}" if extra else "",
+                )
+                if part
+            )
+            raise StoreError(
+                f"table {table} differs between the two schemas ({detail}): "
+                "run `subregistry sync` once with this release on the SQLite mirror first"
+            )
+        found[table] = target
+    return found
+
+
+async def _refuse_a_mirror(dst: psycopg.AsyncConnection[tuple[Any, ...]], where: str) -> None:
+    held = []
+    for table, _ in TABLES:
+        query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(table))
+        row = await (await dst.execute(query)).fetchone()
+        if row is not None and row[0]:
+            held.append(table)
+    if held:
+        raise TargetNotEmpty(
+            f"{where} already holds a mirror (rows in {', '.join(held)}): "
+            "copy only into an empty database; nothing was written"
+        )
+
+
+async def _copy_table(
+    src: aiosqlite.Connection,
+    dst: psycopg.AsyncConnection[tuple[Any, ...]],
+    table: str,
+    key: str,
+    columns: list[tuple[str, str]],
+    batch: int,
+) -> int:
+    names = [name for name, _ in columns]
+    # SQLite has no boolean: its 0 and 1 become PostgreSQL's false and true.
+    flags = [i for i, (_, kind) in enumerate(columns) if kind == "boolean"]
+    select = f"SELECT {', '.join(names)} FROM {table} ORDER BY {key}"
+    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, names))
+    )
+    count = 0
+    async with (
+        src.execute(select) as rows,
+        dst.cursor() as cursor,
+        cursor.copy(statement) as copy,
+    ):
+        while chunk := list(await rows.fetchmany(batch)):
+            for row in chunk:
+                values: list[Any] = list(row)
+                for i in flags:
+                    values[i] = None if values[i] is None else bool(values[i])
+                await copy.write_row(values)
+            count += len(chunk)
+    return count
+
+
+class _Leadership:
+    """The database's leadership, held for the copy as a daemon's leader holds it: the
+    session advisory lock on a dedicated connection, the `leadership` row naming us with a
+    lease renewed every third of it, and the fence run just before the copy commits."""
+
+    def __init__(
+        self, conn: psycopg.AsyncConnection[tuple[Any, ...]], holder: str, epoch: int, lease: float
+    ) -> None:
+        self._conn = conn
+        self.holder = holder
+        self.epoch = epoch
+        self._lease = lease
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def hold(
+        cls, dsn: str, where: str, holder: str, lease: float
+    ) -> AsyncIterator[_Leadership]:
+        conn = await _connect(dsn, holder)
+        try:
+            await migrate(conn)
+            # Before leading: refusing a mirror must not even bump its epoch.
+            await _refuse_a_mirror(conn, where)
+            row = await (
+                await conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,))
+            ).fetchone()
+            if row is None or not row[0]:
+                current = await (
+                    await conn.execute("SELECT holder FROM leadership WHERE id = 1")
+                ).fetchone()
+                who = current[0] if current and current[0] else "another process"
+                raise NotLeader(
+                    f"{where} is led by {who}: stop the replicas using it before copying into it"
+                )
+            row = await (
+                await conn.execute(
+                    "UPDATE leadership SET epoch = epoch + 1, holder = %s, since = now(), "
+                    "expires_at = now() + make_interval(secs => %s) WHERE id = 1 RETURNING epoch",
+                    (holder, lease),
+                )
+            ).fetchone()
+            assert row is not None  # migrate() made the row
+            leading = cls(conn, holder, int(row[0]), lease)
+            renewal = asyncio.create_task(leading._renew())
+            try:
+                yield leading
+            finally:
+                renewal.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewal
+                with contextlib.suppress(psycopg.Error):
+                    # Successors need not wait for the lease to run out.
+                    await conn.execute(
+                        "UPDATE leadership SET expires_at = now() "
+                        "WHERE id = 1 AND epoch = %s AND holder = %s",
+                        (leading.epoch, holder),
+                    )
+        finally:
+            await conn.close()
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease / 3)
+            try:
+                cursor = await self._conn.execute(
+                    "UPDATE leadership SET expires_at = now() + make_interval(secs => %s) "
+                    "WHERE id = 1 AND epoch = %s AND holder = %s",
+                    (self._lease, self.epoch, self.holder),
+                )
+            except psycopg.Error:
+                return  # deposed: the fence refuses the commit
+            if cursor.rowcount == 0:
+                return
+
+    async def fence(self, conn: psycopg.AsyncConnection[tuple[Any, ...]]) -> None:
+        """Inside the copy's transaction, just before it commits."""
+        cursor = await conn.execute(
+            "UPDATE leadership SET serial = serial + 1 "
+            "WHERE id = 1 AND epoch = %s AND holder = %s AND expires_at > now()",
+            (self.epoch, self.holder),
+        )
+        if cursor.rowcount == 0:
+            raise NotLeader(
+                "lost the leadership of the database during the copy (another process took "
+                "it over): nothing was written"
+            )

@@ -1,0 +1,277 @@
+"""`subregistry copy --to`: a SQLite mirror moved whole into an empty PostgreSQL database, by a
+real process: every row kept, served byte for byte the same, continued from where it stood;
+a target holding a mirror, led by a replica, or named by a bad URL refused; a copy killed half
+way leaving nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.pg import HAVE_PSYCOPG, unavailable
+
+if not HAVE_PSYCOPG:
+    unavailable("psycopg is not installed (pip install -e '.[test]')")
+
+import aiosqlite
+import psycopg
+
+from sync.config import Config, config_from_mapping
+from sync.metrics import Metrics
+from sync.pull.engine import Engine
+from sync.store.postgres.copy import TABLES
+from sync.store.postgres.schema import LEADER_LOCK
+from sync.store.sqlite.writer import SqliteStore
+from tests.cli_helpers import run, spawn, write_config
+from tests.fake_upstream import FakeRegistry
+from tests.helpers import DEPRECATED, MULTI, no_sleep, serving
+
+WAIT = 60.0  # for a process to reach a state; never a measure of speed
+
+
+def _config(path: Path, url: str, *, dsn: str | None = None) -> Config:
+    storage: dict[str, Any] = {"path": str(path)}
+    if dsn is not None:
+        storage["url"] = dsn
+    return config_from_mapping(
+        {
+            "storage": storage,
+            "api": {"cache_mb": 0},
+            "upstreams": [{"name": "official", "url": url, "page_delay": 0, "retries": 0}],
+        }
+    )
+
+
+async def _build(path: Path, fake: FakeRegistry, url: str, *, unfinished: bool) -> None:
+    """A mirror through the real engine: a deleted and a deprecated version, one quarantined
+    entry, and (`unfinished`) a later full pass that failed on its third page."""
+    versions = sorted(v for n, v in fake.rows if n == MULTI)
+    fake.set_status(MULTI, versions[0], "deleted")
+    fake.set_status(*DEPRECATED, "deprecated", "superseded")
+    fake.add_raw({"name": "bad name", "version": "1", "description": "poison"})
+    store = await SqliteStore.open(path)
+    try:
+        engine = Engine(_config(path, url), store, Metrics(), sleep=no_sleep, backoff=(0.0, 0.0))
+        await engine.startup()
+        try:
+            assert (await engine.run("official")).outcome == "ok"
+            if unfinished:
+                start = len(fake.requests)
+                fake.after_page = lambda n: fake.fail(500, times=100) if n == start + 2 else None
+                result = await engine.run("official", full=True)
+                fake.after_page, fake.faults = None, []
+                assert result.outcome != "ok"
+        finally:
+            await engine.close()
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+async def fake(catalogue: list[dict[str, Any]]) -> FakeRegistry:
+    return FakeRegistry(json.loads(json.dumps(catalogue)))
+
+
+@pytest.fixture
+async def fake_url(fake: FakeRegistry) -> AsyncIterator[str]:
+    async with serving(fake.app()) as url:
+        yield url
+
+
+def _pg_config_file(tmp_path: Path, url: str, dsn: str) -> Path:
+    """The copied mirror's configuration: the SQLite one's, pointed at the database."""
+    path = write_config(tmp_path, url)
+    path.write_text(path.read_text().replace("[storage]\n", f'[storage]\nurl = "{dsn}"\n', 1))
+    return path
+
+
+async def _copy(tmp_path: Path, url: str, dsn: str) -> tuple[int, str, str]:
+    return await run("--config", write_config(tmp_path, url), "copy", "--to", dsn)
+
+
+def _normal(value: Any) -> Any:
+    if isinstance(value, memoryview):
+        return bytes(value)
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+async def _sqlite_rows(path: Path) -> dict[str, list[dict[str, Any]]]:
+    found = {}
+    async with aiosqlite.connect(path) as db:
+        db.row_factory = aiosqlite.Row
+        for table, key in TABLES:
+            async with db.execute(f"SELECT * FROM {table} ORDER BY {key}") as cursor:
+                found[table] = [dict(r) for r in await cursor.fetchall()]
+    return found
+
+
+async def _pg_rows(dsn: str) -> dict[str, list[dict[str, Any]]]:
+    found = {}
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        for table, key in TABLES:
+            cursor = await conn.execute(f"SELECT * FROM {table} ORDER BY {key}")
+            names = [d.name for d in cursor.description or ()]
+            found[table] = [
+                {n: _normal(v) for n, v in zip(names, row, strict=True)}
+                for row in await cursor.fetchall()
+            ]
+    return found
+
+
+async def _scalar(dsn: str, query: str) -> Any:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        row = await (await conn.execute(query)).fetchone()
+    return None if row is None else row[0]
+
+
+async def _until(dsn: str, query: str) -> None:
+    """Wait (bounded) until `query` answers true."""
+    deadline = time.monotonic() + WAIT
+    while not await _scalar(dsn, query):
+        assert time.monotonic() < deadline, f"never true: {query}"
+        await asyncio.sleep(0.05)
+
+
+OURS = "application_name LIKE 'subregistry %' AND datname = current_database()"
+
+
+class TestCopy:
+    async def test_every_row_of_every_table_arrives_with_its_id(
+        self, tmp_path: Path, fake: FakeRegistry, fake_url: str, pg_dsn: str
+    ) -> None:
+        """Checkpoints with an unfinished pass's resume point, pending names, quarantine,
+        pass history, rule hits and settings: all of it, and sequences past the copied ids."""
+        path = tmp_path / "mirror.db"
+        await _build(path, fake, fake_url, unfinished=True)
+        code, out, err = await _copy(tmp_path, fake_url, pg_dsn)
+        assert (code, err) == (0, ""), err
+        source, target = await _sqlite_rows(path), await _pg_rows(pg_dsn)
+        assert source == target
+        upstream = source["upstreams"][0]
+        assert upstream["pass_cursor"] and upstream["pass_mode"] == "full"
+        assert source["quarantine"] and source["passes"][-1]["outcome"] != "ok"
+        assert len(source["entries"]) == len(fake.rows) - 1
+        assert out.splitlines() == [out.strip()]
+        assert f"{len(source['entries'])} entries, {len(source['served'])} served rows" in out
+        for table in ("entries", "served", "passes"):
+            top = max(r["id"] for r in source[table])
+            following = f"SELECT nextval(pg_get_serial_sequence('{table}', 'id'))"
+            assert await _scalar(pg_dsn, following) == top + 1
+
+    async def test_a_target_holding_a_mirror_is_refused_untouched(
+        self, tmp_path: Path, fake: FakeRegistry, fake_url: str, pg_dsn: str
+    ) -> None:
+        await _build(tmp_path / "mirror.db", fake, fake_url, unfinished=False)
+        assert (await _copy(tmp_path, fake_url, pg_dsn))[0] == 0
+        before = await _pg_rows(pg_dsn)
+        epoch = await _scalar(pg_dsn, "SELECT epoch FROM leadership")
+        code, out, err = await _copy(tmp_path, fake_url, pg_dsn)
+        assert code == 1 and out == ""
+        assert err.startswith("subregistry: ") and err.count("\n") == 1
+        assert "already holds a mirror" in err
+        assert await _pg_rows(pg_dsn) == before
+        assert await _scalar(pg_dsn, "SELECT epoch FROM leadership") == epoch
+
+    async def test_a_database_led_by_a_replica_is_refused(
+        self, tmp_path: Path, fake: FakeRegistry, fake_url: str, pg_dsn: str
+    ) -> None:
+        await _build(tmp_path / "mirror.db", fake, fake_url, unfinished=False)
+        async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as replica:
+            await replica.execute("SELECT pg_advisory_lock(%s)", (LEADER_LOCK,))
+            code, out, err = await _copy(tmp_path, fake_url, pg_dsn)
+        assert code == 1 and out == "" and err.count("\n") == 1
+        assert "is led by" in err
+        assert all(not rows for rows in (await _pg_rows(pg_dsn)).values())
+
+    @pytest.mark.parametrize(
+        ("url", "code", "says"),
+        [
+            ("mysql://user@host/db", 2, "--to: must be a PostgreSQL URL"),
+            ("postgresql://user@host:port/db", 2, "--to: must be a PostgreSQL URL"),
+            ("postgresql://user@127.0.0.1:1/db", 1, "postgresql://user@127.0.0.1:1/db: "),
+        ],
+    )
+    async def test_a_bad_url_is_one_line(
+        self, tmp_path: Path, url: str, code: int, says: str
+    ) -> None:
+        (tmp_path / "mirror.db").touch()
+        got, out, err = await _copy(tmp_path, "http://127.0.0.1:9", url)
+        assert (got, out) == (code, "")
+        assert err.startswith(f"subregistry: {says}") and err.count("\n") == 1, err
+
+    async def test_no_mirror_file_is_one_line(self, tmp_path: Path, pg_dsn: str) -> None:
+        code, _, err = await _copy(tmp_path, "http://127.0.0.1:9", pg_dsn)
+        assert (
+            code == 1
+            and err
+            == f"subregistry: no SQLite mirror at {tmp_path / 'mirror.db'} ([storage] path)\n"
+        )
+
+    async def test_a_killed_copy_leaves_the_target_empty(
+        self, tmp_path: Path, fake: FakeRegistry, fake_url: str, pg_dsn: str
+    ) -> None:
+        """Killed with every table but the last already streamed into its transaction."""
+        await _build(tmp_path / "mirror.db", fake, fake_url, unfinished=True)
+        config = write_config(tmp_path, fake_url)
+        blocker = await psycopg.AsyncConnection.connect(pg_dsn)
+        process = None
+        try:
+            # The copy migrates first: wait for its tables, then stop it at the last one.
+            process = await spawn("--config", config, "copy", "--to", pg_dsn)
+            await _until(pg_dsn, "SELECT to_regclass('settings') IS NOT NULL")
+            await blocker.execute("LOCK TABLE settings IN SHARE MODE")
+            await _until(
+                pg_dsn,
+                f"SELECT count(*) > 0 FROM pg_stat_activity WHERE {OURS} "
+                "AND wait_event_type = 'Lock'",
+            )
+            os.kill(process.pid, signal.SIGKILL)
+            await process.wait()
+        finally:
+            await blocker.rollback()
+            await blocker.close()
+        await _until(pg_dsn, f"SELECT count(*) = 0 FROM pg_stat_activity WHERE {OURS}")
+        assert all(not rows for rows in (await _pg_rows(pg_dsn)).values())
+        # Nothing stays claimed either: the next copy goes through.
+        assert (await _copy(tmp_path, fake_url, pg_dsn))[0] == 0
+
+    async def test_the_source_is_one_snapshot_while_a_daemon_writes_it(
+        self, tmp_path: Path, fake: FakeRegistry, fake_url: str, pg_dsn: str
+    ) -> None:
+        path = tmp_path / "mirror.db"
+        await _build(path, fake, fake_url, unfinished=False)
+        expected = await _sqlite_rows(path)
+        writer = await SqliteStore.open(path)  # the daemon's lock stays held throughout
+        blocker = await psycopg.AsyncConnection.connect(pg_dsn)
+        try:
+            process = await spawn(
+                "--config", write_config(tmp_path, fake_url), "copy", "--to", pg_dsn
+            )
+            await _until(pg_dsn, "SELECT to_regclass('entries') IS NOT NULL")
+            await blocker.execute("LOCK TABLE entries IN SHARE MODE")
+            await _until(
+                pg_dsn,
+                f"SELECT count(*) > 0 FROM pg_stat_activity WHERE {OURS} "
+                "AND wait_event_type = 'Lock'",
+            )
+            async with writer.transaction():
+                await writer.set_setting("written", "while copying")
+                await writer.record_skip("official", mode="incremental", reason="x", now="now")
+            await blocker.rollback()
+            _, err = await process.communicate()
+            assert process.returncode == 0, err
+        finally:
+            await blocker.close()
+            await writer.close()
+        assert await _pg_rows(pg_dsn) == expected
+        assert expected != await _sqlite_rows(path)
