@@ -7,9 +7,11 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import pytest
@@ -17,7 +19,7 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sync.config import config_from_mapping
+from sync.config import config_from_mapping, load_config
 from sync.metrics import Metrics
 from sync.serve.server import FD_RESERVE
 
@@ -96,6 +98,7 @@ def test_kubernetes_manifests_validate() -> None:
             "-k",
             "1.30.0",
             str(DEPLOY / "kubernetes" / "subregistry.yaml"),
+            str(DEPLOY / "kubernetes" / "subregistry-postgres.yaml"),
             str(DEPLOY / "kubernetes" / "ingress.yaml"),
         ],
         capture_output=True,
@@ -255,7 +258,7 @@ def test_container_config_and_dockerfile() -> None:
 
 def test_compose_references_existing_files() -> None:
     compose: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
-    services = compose["services"]
+    services = {n: s for n, s in compose["services"].items() if "profiles" not in s}
     assert set(services) == {"subregistry", "prometheus", "alertmanager", "grafana"}
     mounts: dict[str, dict[str, Path]] = {}
     for name, service in services.items():
@@ -429,3 +432,104 @@ def test_systemd_unit_keeps_the_mirror_in_its_state_directory() -> None:
     assert database.parent == Path("/var/lib") / settings["StateDirectory"]
     assert settings["ProtectSystem"] == "strict"
     assert settings["ExecReload"] == "/bin/kill -HUP $MAINPID"
+
+
+def _compose_value(text: str, env: dict[str, str]) -> str:
+    """Compose's `${NAME:-default}` interpolation, as `docker compose` does it."""
+
+    def value(match: re.Match[str]) -> str:
+        return env.get(match[1]) or match[2]
+
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", value, text)
+
+
+def test_kubernetes_postgres_variant_fits_together() -> None:
+    """Two replicas on the database named by the Secret: the variable the Deployment sets is
+    the one that selects PostgreSQL, the probes and ports are the configuration's, nothing is
+    kept in the pod, and a drain never takes the last replica."""
+    docs = manifest("subregistry-postgres.yaml")
+    assert {d["kind"] for d in docs} == {
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    }
+    deployment, service = one(docs, "Deployment"), one(docs, "Service")
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    pod_labels = spec["template"]["metadata"]["labels"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert all("persistentVolumeClaim" not in v for v in pod["volumes"])
+    [container] = pod["containers"]
+    assert container["args"][-1] == "serve"  # every replica may lead; none is --no-sync
+
+    [env] = container["env"]
+    secret = env["valueFrom"]["secretKeyRef"]
+    assert secret["name"] and secret["key"] and "value" not in env
+    configmap = one(docs, "ConfigMap")
+    [mounted] = [v for v in pod["volumes"] if v.get("configMap")]
+    assert mounted["configMap"]["name"] == configmap["metadata"]["name"]
+    toml = configmap["data"]["subregistry.toml"]
+    dsn = "postgresql://subregistry:pw@db.example:5432/subregistry"
+    config_file = f"/etc/subregistry/{next(iter(configmap['data']))}"
+    assert container["args"][:2] == ["--config", config_file]
+    # The ConfigMap alone is SQLite; the Secret's variable turns it into PostgreSQL.
+    assert not config_from_mapping(tomllib.loads(toml)).storage.postgres
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "subregistry.toml"
+        path.write_text(toml)
+        config = load_config(path, env={env["name"]: dsn})
+    assert config.storage.url == dsn
+    assert config.api.readiness == "serve"  # a follower's readiness is not about leading
+
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["http"] == config.api.port
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    annotations = spec["template"]["metadata"]["annotations"]
+    assert int(annotations["subregistry/min-nofile"]) == config.api.max_connections + FD_RESERVE
+    assert int(annotations["prometheus.io/port"]) == config.api.port
+
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= set(ports)
+    budget = one(docs, "PodDisruptionBudget")["spec"]
+    assert budget["minAvailable"] == 1 < spec["replicas"]
+    assert budget["selector"]["matchLabels"].items() <= pod_labels.items()
+    policy = one(docs, "NetworkPolicy")["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    egress = {(p["port"], p["protocol"]) for rule in policy["egress"] for p in rule["ports"]}
+    assert {(53, "UDP"), (443, "TCP"), (5432, "TCP")} <= egress
+
+
+def test_compose_postgres_profile() -> None:
+    """The profile's replicas reach the profile's database with its credentials, only once
+    it is healthy, on the port the image's configuration serves."""
+    compose: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    profiled = {n for n, s in services.items() if "postgres" in s.get("profiles", [])}
+    assert profiled == {"postgres", "subregistry-postgres"}
+    database, replicas = services["postgres"], services["subregistry-postgres"]
+    assert "pg_isready" in " ".join(database["healthcheck"]["test"])
+    assert replicas["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert replicas["deploy"]["replicas"] == 2
+    assert replicas["image"] == services["subregistry"]["image"]
+
+    env = {"POSTGRES_PASSWORD": "from-the-shell"}
+    db_env = {k: _compose_value(str(v), env) for k, v in database["environment"].items()}
+    image_config = (DEPLOY / "container/subregistry.toml").read_text()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "subregistry.toml"
+        path.write_text(image_config)
+        overrides = {k: _compose_value(v, env) for k, v in replicas["environment"].items()}
+        config = load_config(path, env=overrides)
+    assert config.storage.url is not None
+    url = urlsplit(config.storage.url)
+    assert (url.hostname, url.port) == ("postgres", 5432)
+    assert url.username == db_env["POSTGRES_USER"] and url.password == db_env["POSTGRES_PASSWORD"]
+    assert url.path == f"/{db_env['POSTGRES_DB']}"
+    assert "--locale=C" in db_env["POSTGRES_INITDB_ARGS"]
+    published = {p.split(":")[-1] for p in replicas["ports"]}
+    assert published == {str(config.api.port)}
+    assert set(compose["volumes"]) >= {v.split(":")[0] for v in database["volumes"]}
