@@ -211,11 +211,13 @@ class TestCopy:
 
     async def test_no_mirror_file_is_one_line(self, tmp_path: Path, pg_dsn: str) -> None:
         code, _, err = await _copy(tmp_path, "http://127.0.0.1:9", pg_dsn)
-        assert (
-            code == 1
-            and err
-            == f"subregistry: no SQLite mirror at {tmp_path / 'mirror.db'} ([storage] path)\n"
-        )
+        path = tmp_path / "mirror.db"
+        assert code == 1 and err == f"subregistry: no SQLite mirror at {path} ([storage] path)\n"
+        path.write_bytes(b"")  # SQLite reads an empty file as an empty database
+        code, _, err = await _copy(tmp_path, "http://127.0.0.1:9", pg_dsn)
+        assert code == 1
+        assert err == f"subregistry: {path} has no table entries: it is not a subregistry mirror\n"
+        assert all(not rows for rows in (await _pg_rows(pg_dsn)).values())
 
     async def test_a_killed_copy_leaves_the_target_empty(
         self, tmp_path: Path, fake: FakeRegistry, fake_url: str, pg_dsn: str

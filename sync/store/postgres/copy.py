@@ -122,7 +122,7 @@ async def copy_mirror(source: Path, dsn: str, *, lease: float, batch: int = BATC
                 "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
                 (f"{int(lease * 1000)}ms",),
             )
-            columns = await _columns(src, dst)
+            columns = await _columns(src, dst, source)
             async with dst.transaction():
                 await _refuse_a_mirror(dst, where)
                 counts = {
@@ -172,7 +172,7 @@ async def _connect(dsn: str, holder: str) -> psycopg.AsyncConnection[tuple[Any, 
 
 
 async def _columns(
-    src: aiosqlite.Connection, dst: psycopg.AsyncConnection[tuple[Any, ...]]
+    src: aiosqlite.Connection, dst: psycopg.AsyncConnection[tuple[Any, ...]], path: Path
 ) -> dict[str, list[tuple[str, str]]]:
     """Each table's columns (name, PostgreSQL type), the same set on both sides: a column that
     only one side has would be lost or left empty, so it stops the copy before it starts."""
@@ -187,6 +187,8 @@ async def _columns(
         async with src.execute(f"PRAGMA table_info({table})") as info:
             source = {str(row[1]) for row in await info.fetchall()}
         names = {name for name, _ in target}
+        if not source:
+            raise StoreError(f"{path} has no table {table}: it is not a subregistry mirror")
         if source != names:
             missing, extra = sorted(names - source), sorted(source - names)
             detail = "; ".join(
