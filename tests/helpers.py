@@ -9,15 +9,20 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from sync.config import Config, config_from_mapping
+from sync.config import Config, StorageConfig, config_from_mapping
 from sync.metrics import Metrics
 from sync.pull.engine import Engine
-from sync.store import Reader
+from sync.store import Reader, Store, open_store
 from sync.store.sqlite.writer import SqliteStore
 from tests.fake_upstream import OFFICIAL, FakeRegistry
+
+# A module (or class, or test) marked with this runs once per backend: its `backend` fixture,
+# and every store-facing fixture built on it, is SQLite, then a fresh PostgreSQL database.
+BOTH_BACKENDS = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
 
 MULTI = "com.fenetresurciel.verylongmcp/mcp-server-template-nodejs"  # 72 versions
 DEPRECATED = ("ai.exa/exa", "3.0.7")
@@ -33,6 +38,33 @@ async def serving(app: web.Application, tls: ssl.SSLContext | None = None) -> As
         yield str(server.make_url("")).rstrip("/")
     finally:
         await server.close()
+
+
+async def take_leadership(url: str, holder: str) -> int:
+    """Make `holder` the leader of the database at `url`, as an election would (the row's
+    epoch bumped, a lease long enough for any test); return the new epoch."""
+    import psycopg  # noqa: PLC0415 - SQLite-only runs need no psycopg
+
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        cursor = await conn.execute(
+            "UPDATE leadership SET epoch = epoch + 1, holder = %s, since = now(), "
+            "expires_at = now() + interval '1 hour' WHERE id = 1 RETURNING epoch",
+            (holder,),
+        )
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def open_writer(storage: StorageConfig) -> Store:
+    """The configured store's writer, leading if it is a PostgreSQL one."""
+    store = await open_store(storage)
+    if storage.url is not None:
+        from sync.store.postgres.writer import PostgresStore  # noqa: PLC0415
+
+        assert isinstance(store, PostgresStore)
+        await store.lead(await take_leadership(storage.url, store.holder), store.holder)
+    return store
 
 
 async def no_sleep(_: float) -> None:
