@@ -17,7 +17,6 @@ from sync.config import Config, StorageConfig, config_from_mapping
 from sync.metrics import Metrics
 from sync.pull.engine import Engine
 from sync.store import Reader, Store, open_store
-from sync.store.sqlite.writer import SqliteStore
 from tests.fake_upstream import OFFICIAL, FakeRegistry
 
 # A module (or class, or test) marked with this runs once per backend: its `backend` fixture,
@@ -71,34 +70,46 @@ async def no_sleep(_: float) -> None:
     """Retries and page delays pass instantly in tests."""
 
 
-def mirror_config(path: Path, url: str = "http://127.0.0.1:9", **api: Any) -> Config:
+def mirror_config(
+    path: Path, url: str = "http://127.0.0.1:9", *, storage_url: str | None = None, **api: Any
+) -> Config:
+    """A mirror of one upstream at `url`, stored at `path` (SQLite) or in the PostgreSQL
+    database `storage_url`."""
+    storage: dict[str, Any] = {"path": str(path)}
+    if storage_url is not None:
+        storage["url"] = storage_url
     return config_from_mapping(
         {
-            "storage": {"path": str(path)},
+            "storage": storage,
             "api": api,
             "upstreams": [{"name": "official", "url": url, "page_delay": 0}],
         }
     )
 
 
-async def build_mirror(path: Path, items: list[dict[str, Any]]) -> FakeRegistry:
+async def build_mirror(
+    path: Path, items: list[dict[str, Any]], *, storage_url: str | None = None
+) -> FakeRegistry:
     """A mirror built by the real engine from `items`, with one deleted and one deprecated
-    version, as the API tests expect."""
+    version, as the API tests expect (in the PostgreSQL database `storage_url` if given)."""
     fake = FakeRegistry(json.loads(json.dumps(items)))
     versions = sorted(v for n, v in fake.rows if n == MULTI)
     fake.set_status(MULTI, versions[0], "deleted")
     fake.set_status(*DEPRECATED, "deprecated", "superseded")
     server = TestServer(fake.app())
     await server.start_server()
-    store = await SqliteStore.open(path)
+    url = str(server.make_url("")).rstrip("/")
+    config = mirror_config(path, url, storage_url=storage_url)
     try:
-        url = str(server.make_url("")).rstrip("/")
-        engine = Engine(mirror_config(path, url), store, Metrics(), sleep=no_sleep)
-        result = await engine.run("official")
-        assert result.outcome == "ok", result.error
-        await engine.close()
+        store = await open_writer(config.storage)
+        try:
+            engine = Engine(config, store, Metrics(), sleep=no_sleep)
+            result = await engine.run("official")
+            assert result.outcome == "ok", result.error
+            await engine.close()
+        finally:
+            await store.close()
     finally:
-        await store.close()
         await server.close()
     return fake
 

@@ -28,6 +28,27 @@ _FIELDS = (
 _TYPES = "text[], text[], text[], text[], text[], text[], text[], text[], bytea[]"
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+NUL, ESCAPED_NUL = "\0", "\\u0000"
+
+
+def _storable(entry: Entry) -> Entry:
+    """The entry with NUL out of its free text (description, status message): its raw JSON,
+    which is what is served, keeps the `\\u0000` escape as sent."""
+    if NUL not in entry.description and NUL not in (entry.status_message or ""):
+        return entry
+    return entry._replace(
+        description=entry.description.replace(NUL, "\ufffd"),
+        status_message=None
+        if entry.status_message is None
+        else entry.status_message.replace(NUL, "\ufffd"),
+    )
+
+
+def _unkeyable(entry: Entry) -> Rejected:
+    key = f"{entry.name}@{entry.version}"
+    return Rejected(
+        key, "name or version contains NUL, which PostgreSQL cannot store", entry.server
+    )
 
 
 async def select_entries(
@@ -66,8 +87,12 @@ class EntryWrites:
         touched: set[str] = set()
         if not entries:
             return counts, touched
-        # A key repeated within the page keeps its last copy.
-        latest = {(e.name, e.version): e for e in entries}
+        # A key repeated within the page keeps its last copy. PostgreSQL text cannot hold
+        # NUL: free text keeps a U+FFFD in its place (as the parser does for a lone surrogate).
+        latest = {(e.name, e.version): _storable(e) for e in entries}
+        unkeyable = [key for key in latest if NUL in key[0] or NUL in key[1]]
+        if unkeyable:
+            await self.quarantine(upstream, [_unkeyable(latest.pop(k)) for k in unkeyable], now)
         known = await self._known(upstream, list(latest))
         inserts: list[tuple[object, ...]] = []
         updates: list[tuple[object, ...]] = []
@@ -120,9 +145,9 @@ class EntryWrites:
                 "UPDATE entries SET seen_sweep = %s, missed = 0 WHERE id = ANY(%s::bigint[])",
                 (sweep, unchanged),
             )
-        counts.repeated += len(entries) - len(latest)
+        counts.repeated += len(entries) - len(latest) - len(unkeyable)
         counts.inserted, counts.updated = len(inserts), len(updates)
-        counts.unchanged = len(entries) - len(inserts) - len(updates)
+        counts.unchanged = len(entries) - len(inserts) - len(updates) - len(unkeyable)
         keys = [f"{name}@{version}" for name, version in latest]
         await self._conn.execute(
             "DELETE FROM quarantine WHERE upstream = %s AND key = ANY(%s::text[])",
@@ -150,7 +175,15 @@ class EntryWrites:
         if not rejected:
             return
         # A key repeated within the call keeps its last copy, as one upsert per row would.
-        last = {r.key: r for r in rejected}
+        # NUL, which PostgreSQL text cannot hold, is shown as the JSON escape it came from.
+        last = {
+            r.key.replace(NUL, ESCAPED_NUL): Rejected(
+                r.key.replace(NUL, ESCAPED_NUL),
+                r.reason.replace(NUL, ESCAPED_NUL),
+                r.raw.replace(NUL, ESCAPED_NUL),
+            )
+            for r in rejected
+        }
         await self._conn.execute(
             "INSERT INTO quarantine (upstream, key, reason, raw, first_seen, last_seen) "
             "SELECT %s, k, r, w, %s, %s FROM unnest(%s::text[], %s::text[], %s::text[]) "

@@ -34,6 +34,7 @@ _PASS_COLUMNS = (
     "id, upstream, mode, started_at, ended_at, outcome, pages, inserted, updated, unchanged, "
     "removed, quarantined, error, checkpoint, resumed_from"
 )
+NUL = "\0"
 _COUNTS = ("pages", "inserted", "updated", "unchanged", "removed", "quarantined")
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 
@@ -49,9 +50,12 @@ async def _read_only(conn: Conn) -> None:
 
 
 class PostgresReader:
-    def __init__(self, pool: AsyncConnectionPool[Conn], dsn: str) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool[Conn], dsn: str, *, sort_delta_max: int = 5000
+    ) -> None:
         self._pool = pool
         self._dsn = dsn
+        self.sort_delta_max = sort_delta_max
 
     @classmethod
     async def open(cls, storage: StorageConfig, connections: int | None = None) -> PostgresReader:
@@ -90,19 +94,36 @@ class PostgresReader:
 
     async def list_servers(self, q: ListQuery) -> list[ServedItem]:
         """Up to `q.limit + 1` items in (name, version) order, so callers can tell if more exist."""
-        sql, params = self._list_sql(q)
+        sql, params = await self._list_sql(q)
         return [tuple(r) for r in await self._all(sql, params)]
 
     async def plan(self, q: ListQuery) -> list[str]:
         """PostgreSQL's plan for a list query: how ops (and tests) see that it uses indexes."""
-        sql, params = self._list_sql(q)
+        sql, params = await self._list_sql(q)
         return [str(row[0]) for row in await self._all(f"EXPLAIN {sql}", params)]
 
-    def _list_sql(self, q: ListQuery) -> tuple[str, list[object]]:
+    async def _small_delta(self, view: str, since: str) -> bool:
+        """Whether at most `sort_delta_max` rows changed since `since`, counted through the
+        time index and never past the threshold."""
+        rows = await self._all(
+            "SELECT count(*) FROM (SELECT 1 FROM served WHERE view = %s AND updated_at > %s "
+            "LIMIT %s) AS changed",
+            (view, since, self.sort_delta_max + 1),
+        )
+        return int(rows[0][0]) <= self.sort_delta_max
+
+    async def _list_sql(self, q: ListQuery) -> tuple[str, list[object]]:
         where: list[str] = ["s.view = %s"]
         params: list[object] = [q.view]
         if q.after is not None:
             name, version = q.after
+            # PostgreSQL text cannot hold NUL, so no stored name or version contains one.
+            # Against such values "after x<NUL>…" is "after x" (nothing sorts between), and
+            # "after the name x<NUL>…" is "after every version of x".
+            if NUL in name:
+                name, version = name[: name.index(NUL)], None
+            elif version is not None and NUL in version:
+                version = version[: version.index(NUL)]
             if version is None:
                 where.append("s.name > %s")
                 params.append(name)
@@ -114,24 +135,40 @@ class PostgresReader:
         if q.version == "latest":
             where.append("s.is_latest = 1")
         elif q.version is not None:
-            where.append("s.version = %s")
-            params.append(q.version)
+            where.append("s.version = %s" if NUL not in q.version else "false")
+            params += [] if NUL in q.version else [q.version]
+        changed = ""
         if q.updated_since is not None:
-            # The planner weighs walking the name index against sorting the rows changed
-            # since then (served_updated), from its statistics: no threshold of our own.
-            where.append("s.updated_at > %s")
-            params.append(q.updated_since)
-        if q.search:
+            since = q.updated_since.partition(NUL)[0]
+            if await self._small_delta(q.view, since):
+                # An incremental pull reads few rows: find them by time, then sort them. The
+                # planner's estimate for a range of text stamps near the end is too coarse to
+                # choose this itself (it would walk every name to find the 20 rows changed).
+                changed = (
+                    "WITH changed AS MATERIALIZED (SELECT id FROM served "
+                    "WHERE view = %s AND updated_at > %s) "
+                )
+                where.append("s.id IN (SELECT id FROM changed)")
+                params = [q.view, since, *params]
+            else:
+                # A pull from long ago reads most rows: walk the name index and filter.
+                where.append("s.updated_at > %s")
+                params.append(since)
+        if q.search and NUL in q.search:
+            where.append("false")  # no stored text contains NUL (see above)
+        elif q.search:
             # Both sides folded (the rows when written); a literal substring, found through
             # the trigram indexes on the folded columns (a term under 3 characters has no
             # trigram to look up, and walks the name index instead).
             pattern = like_pattern(fold(q.search))
             where.append("(s.search_name LIKE %s OR s.search_description LIKE %s)")
             params += [pattern, pattern]
-        sql = f"{_ITEM} WHERE {' AND '.join(where)} ORDER BY s.name, s.version LIMIT %s"
+        sql = f"{changed}{_ITEM} WHERE {' AND '.join(where)} ORDER BY s.name, s.version LIMIT %s"
         return sql, [*params, q.limit + 1]
 
     async def versions(self, view: str, name: str, *, include_deleted: bool) -> list[ServedItem]:
+        if NUL in name:
+            return []  # no stored name contains NUL (PostgreSQL text cannot)
         hidden = "" if include_deleted else "AND s.status != 'deleted'"
         rows = await self._all(
             f"{_ITEM} WHERE s.view = %s AND s.name = %s {hidden} "
@@ -143,6 +180,8 @@ class PostgresReader:
     async def version(
         self, view: str, name: str, version: str, *, include_deleted: bool
     ) -> ServedItem | None:
+        if NUL in name or NUL in version:
+            return None  # no stored name or version contains NUL (PostgreSQL text cannot)
         hidden = "" if include_deleted else "AND s.status != 'deleted'"
         if version == "latest":
             sql = f"{_ITEM} WHERE s.view = %s AND s.name = %s AND s.is_latest = 1 {hidden}"
