@@ -13,8 +13,10 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from tests.pg import HAVE_PSYCOPG, unavailable
 
@@ -24,6 +26,7 @@ if not HAVE_PSYCOPG:
 import aiosqlite
 import psycopg
 
+from sync.app import create_app
 from sync.config import Config, config_from_mapping
 from sync.metrics import Metrics
 from sync.pull.engine import Engine
@@ -277,3 +280,69 @@ class TestCopy:
             await writer.close()
         assert await _pg_rows(pg_dsn) == expected
         assert expected != await _sqlite_rows(path)
+
+
+async def _walk(client: TestClient[Any, Any], query: str) -> list[tuple[int, str, bytes]]:
+    """Every page of a list, by its cursors: (status, content type, body) each."""
+    answers = []
+    cursor = None
+    while True:
+        suffix = f"&cursor={quote(cursor, safe='')}" if cursor else ""
+        response = await client.get(f"/v0.1/servers?{query}{suffix}")
+        body = await response.read()
+        answers.append((response.status, response.content_type, body))
+        cursor = json.loads(body).get("metadata", {}).get("nextCursor") if response.ok else None
+        if cursor is None:
+            return answers
+
+
+async def _answers(client: TestClient[Any, Any], paths: list[str]) -> list[Any]:
+    found: list[Any] = []
+    for query in paths:
+        if query.startswith("?"):
+            found += await _walk(client, query[1:])
+        else:
+            response = await client.get(query)
+            found.append((query, response.status, response.content_type, await response.read()))
+    return found
+
+
+class TestServedTheSame:
+    async def test_every_api_answer_is_byte_for_byte_the_sqlite_one(
+        self, tmp_path: Path, fake: FakeRegistry, fake_url: str, pg_dsn: str
+    ) -> None:
+        path = tmp_path / "mirror.db"
+        await _build(path, fake, fake_url, unfinished=False)
+        assert (await _copy(tmp_path, fake_url, pg_dsn))[0] == 0
+        names = sorted({n for n, _ in fake.rows})
+        stamps = sorted(r["updated_at"] for r in (await _sqlite_rows(path))["served"])
+        middle = stamps[len(stamps) // 2]
+        queries = [
+            "?limit=100",
+            "?limit=7&include_deleted=true",
+            "?limit=50&version=latest",
+            "?limit=100&search=mcp",
+            "?limit=30&search=GitHub",
+            "?limit=100&search=zzz-nothing",
+            f"?limit=100&updated_since={quote(middle)}",
+            f"?limit=100&updated_since={quote(stamps[-1])}",
+            "?limit=0",
+            "?cursor=not-a-cursor",
+        ]
+        for name in (MULTI, DEPRECATED[0], names[0], names[-1]):
+            encoded = quote(name, safe="")
+            queries += [
+                f"/v0.1/servers/{encoded}/versions",
+                f"/v0.1/servers/{encoded}/versions/latest",
+                f"/v0.1/servers/{encoded}/versions/latest?include_deleted=true",
+            ]
+        queries.append(f"/v0.1/servers/{quote(DEPRECATED[0], safe='')}/versions/{DEPRECATED[1]}")
+        queries.append("/v0.1/servers/io.github.nobody%2Fnothing/versions")
+        found = []
+        for config in (_config(path, fake_url), _config(path, fake_url, dsn=pg_dsn)):
+            async with TestClient(TestServer(create_app(config, sync=False))) as client:
+                found.append(await _answers(client, queries))
+        sqlite, postgres = found
+        assert len(sqlite) > 30
+        assert [a[:2] for a in postgres] == [a[:2] for a in sqlite]
+        assert postgres == sqlite
