@@ -461,7 +461,9 @@ def test_kubernetes_postgres_variant_fits_together() -> None:
     pod_labels = spec["template"]["metadata"]["labels"]
     assert spec["replicas"] == 2
     assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
-    assert all("persistentVolumeClaim" not in v for v in pod["volumes"])
+    # Nothing of the mirror in the pod: the configuration and the tokens only, read-only.
+    assert all(set(v) - {"name"} <= {"configMap", "secret"} for v in pod["volumes"])
+    assert all(m["readOnly"] for m in pod["containers"][0]["volumeMounts"])
     [container] = pod["containers"]
     assert container["args"][-1] == "serve"  # every replica may lead; none is --no-sync
 
