@@ -60,6 +60,7 @@ async def _build(path: Path, fake: FakeRegistry, url: str, *, unfinished: bool) 
     fake.set_status(MULTI, versions[0], "deleted")
     fake.set_status(*DEPRECATED, "deprecated", "superseded")
     fake.add_raw({"name": "bad name", "version": "1", "description": "poison"})
+    fake.publish({"name": "io.github.nul/server", "version": "1.0.0", "description": "a\0b"})
     store = await SqliteStore.open(path)
     try:
         engine = Engine(_config(path, url), store, Metrics(), sleep=no_sleep, backoff=(0.0, 0.0))
@@ -100,6 +101,11 @@ async def _copy(tmp_path: Path, url: str, dsn: str) -> tuple[int, str, str]:
     return await run("--config", write_config(tmp_path, url), "copy", "--to", dsn)
 
 
+def _text(value: Any) -> Any:
+    """What PostgreSQL holds for a SQLite value: text without NUL (the stores' rule)."""
+    return value.replace("\0", "\ufffd") if isinstance(value, str) else value
+
+
 def _normal(value: Any) -> Any:
     if isinstance(value, memoryview):
         return bytes(value)
@@ -114,7 +120,9 @@ async def _sqlite_rows(path: Path) -> dict[str, list[dict[str, Any]]]:
         db.row_factory = aiosqlite.Row
         for table, key in TABLES:
             async with db.execute(f"SELECT * FROM {table} ORDER BY {key}") as cursor:
-                found[table] = [dict(r) for r in await cursor.fetchall()]
+                found[table] = [
+                    {k: _text(v) for k, v in dict(r).items()} for r in await cursor.fetchall()
+                ]
     return found
 
 
@@ -164,6 +172,8 @@ class TestCopy:
         assert upstream["pass_cursor"] and upstream["pass_mode"] == "full"
         assert source["quarantine"] and source["passes"][-1]["outcome"] != "ok"
         assert len(source["entries"]) == len(fake.rows) - 1
+        [nul] = [r for r in source["entries"] if r["name"] == "io.github.nul/server"]
+        assert nul["description"] == "a\ufffdb" and "a\\u0000b" in nul["server"]
         assert out.splitlines() == [out.strip()]
         assert f"{len(source['entries'])} entries, {len(source['served'])} served rows" in out
         for table in ("entries", "served", "passes"):

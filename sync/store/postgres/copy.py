@@ -50,6 +50,7 @@ TABLES: Sequence[tuple[str, str]] = (
 )
 _SERIAL = ("entries", "served", "passes")  # ids copied as they are; sequences continue after them
 BATCH = 1000
+NUL, REPLACEMENT = "\0", "\ufffd"
 CONNECT_TIMEOUT = 10
 
 
@@ -232,6 +233,10 @@ async def _copy_table(
     names = [name for name, _ in columns]
     # SQLite has no boolean: its 0 and 1 become PostgreSQL's false and true.
     flags = [i for i, (_, kind) in enumerate(columns) if kind == "boolean"]
+    # PostgreSQL text cannot hold NUL, which SQLite's can (a description decoded from a
+    # `\u0000` escape): it becomes U+FFFD, as the PostgreSQL store writes such text. JSON
+    # columns, what the API serves, hold the escape itself and are unchanged.
+    texts = [i for i, (_, kind) in enumerate(columns) if kind == "text"]
     select = f"SELECT {', '.join(names)} FROM {table} ORDER BY {key}"
     statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
         sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, names))
@@ -247,6 +252,9 @@ async def _copy_table(
                 values: list[Any] = list(row)
                 for i in flags:
                     values[i] = None if values[i] is None else bool(values[i])
+                for i in texts:
+                    if isinstance(values[i], str) and NUL in values[i]:
+                        values[i] = values[i].replace(NUL, REPLACEMENT)
                 await copy.write_row(values)
             count += len(chunk)
     return count
