@@ -31,7 +31,7 @@ from sync.config import Config, config_from_mapping
 from sync.metrics import Metrics
 from sync.pull.engine import Engine
 from sync.store.postgres.copy import TABLES
-from sync.store.postgres.schema import LEADER_LOCK
+from sync.store.postgres.schema import LEADER_LOCK, migrate
 from sync.store.sqlite.writer import SqliteStore
 from tests.cli_helpers import run, spawn, write_config
 from tests.fake_upstream import FakeRegistry
@@ -153,6 +153,16 @@ async def _until(dsn: str, query: str) -> None:
         await asyncio.sleep(0.05)
 
 
+async def _locking(dsn: str, table: str) -> psycopg.AsyncConnection[Any]:
+    """A transaction holding `table` against writes (reads go on), on the migrated, empty
+    database (the copy accepts one): a copy started next stops when it reaches `table`."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await migrate(conn)
+    blocker = await psycopg.AsyncConnection.connect(dsn)
+    await blocker.execute(f"LOCK TABLE {table} IN SHARE MODE")
+    return blocker
+
+
 OURS = "application_name LIKE 'subregistry %' AND datname = current_database()"
 
 
@@ -238,13 +248,10 @@ class TestCopy:
         """Killed with every table but the last already streamed into its transaction."""
         await _build(tmp_path / "mirror.db", fake, fake_url, unfinished=True)
         config = write_config(tmp_path, fake_url)
-        blocker = await psycopg.AsyncConnection.connect(pg_dsn)
+        blocker = await _locking(pg_dsn, "settings")  # the last table the copy writes
         process = None
         try:
-            # The copy migrates first: wait for its tables, then stop it at the last one.
             process = await spawn("--config", config, "copy", "--to", pg_dsn)
-            await _until(pg_dsn, "SELECT to_regclass('settings') IS NOT NULL")
-            await blocker.execute("LOCK TABLE settings IN SHARE MODE")
             await _until(
                 pg_dsn,
                 f"SELECT count(*) > 0 FROM pg_stat_activity WHERE {OURS} "
@@ -267,13 +274,11 @@ class TestCopy:
         await _build(path, fake, fake_url, unfinished=False)
         expected = await _sqlite_rows(path)
         writer = await SqliteStore.open(path)  # the daemon's lock stays held throughout
-        blocker = await psycopg.AsyncConnection.connect(pg_dsn)
+        blocker = await _locking(pg_dsn, "entries")  # the first table the copy writes
         try:
             process = await spawn(
                 "--config", write_config(tmp_path, fake_url), "copy", "--to", pg_dsn
             )
-            await _until(pg_dsn, "SELECT to_regclass('entries') IS NOT NULL")
-            await blocker.execute("LOCK TABLE entries IN SHARE MODE")
             await _until(
                 pg_dsn,
                 f"SELECT count(*) > 0 FROM pg_stat_activity WHERE {OURS} "

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import secrets
-import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -32,6 +29,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from sync.errors import NotLeader, StoreError
+from sync.store.postgres.connect import holder_id, options
 from sync.store.postgres.schema import LEADER_LOCK, migrate
 
 __all__ = ["TABLES", "CopyResult", "TargetNotEmpty", "check_dsn", "copy_mirror", "public_dsn"]
@@ -51,7 +49,6 @@ TABLES: Sequence[tuple[str, str]] = (
 _SERIAL = ("entries", "served", "passes")  # ids copied as they are; sequences continue after them
 BATCH = 1000
 NUL, REPLACEMENT = "\0", "\ufffd"
-CONNECT_TIMEOUT = 10
 
 
 class TargetNotEmpty(StoreError):
@@ -111,7 +108,7 @@ async def copy_mirror(source: Path, dsn: str, *, lease: float, batch: int = BATC
     if not _is_file(source):
         raise StoreError(f"no SQLite mirror at {source} ([storage] path)")
     started = time.monotonic()
-    holder = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
+    holder = holder_id()
     try:
         async with (
             _source(source) as src,
@@ -163,13 +160,9 @@ async def _source(path: Path) -> AsyncIterator[aiosqlite.Connection]:
 
 
 async def _connect(dsn: str, holder: str) -> psycopg.AsyncConnection[tuple[Any, ...]]:
-    # The name lets a successor end our backends should we stall holding the leadership.
-    return await psycopg.AsyncConnection.connect(
-        dsn,
-        autocommit=True,
-        application_name=f"subregistry {holder}",
-        connect_timeout=CONNECT_TIMEOUT,
-    )
+    # Named as every connection of a writer is (a successor can end our backends should we
+    # stall while leading), and without prepared statements (PgBouncer in transaction mode).
+    return await psycopg.AsyncConnection.connect(dsn, autocommit=True, **options(holder))
 
 
 async def _columns(
