@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -46,8 +48,13 @@ class Candidate:
     def __init__(self, dsn: str, lease: float = LEASE, holder: str | None = None) -> None:
         self.events: list[tuple[str, Any]] = []
         self.changed = asyncio.Event()
+        # Each its own holder, as if each were a process of its own.
         self.leadership = Leadership(
-            dsn, lease=lease, holder=holder, elected=self._elected, deposed=self._deposed
+            dsn,
+            lease=lease,
+            holder=holder or f"test/{os.getpid()}/{secrets.token_hex(4)}",
+            elected=self._elected,
+            deposed=self._deposed,
         )
 
     async def _elected(self, epoch: int) -> None:
@@ -152,7 +159,7 @@ async def test_a_leader_whose_connection_dies_is_replaced_within_the_lease(db: s
 
 async def test_a_stalled_holder_is_terminated_once_its_lease_expired(db: str) -> None:
     # A "stalled" leader: its session holds the lock, its row names it, and it renews nothing.
-    stalled = holder_id()
+    stalled = f"stalled/{os.getpid()}/{secrets.token_hex(4)}"
     frozen = await psycopg.AsyncConnection.connect(
         db, autocommit=True, application_name=application_name(stalled)
     )
@@ -298,3 +305,11 @@ async def test_an_unreachable_database_deposes_the_leader_and_is_waited_for(db: 
     kinds = [k for k, _ in a.events]
     assert kinds == ["elected", "deposed", "elected"]
     assert any(e["event"] == "leader.database_unreachable" for e in logs)
+
+
+def test_the_holder_id_fits_whole_in_an_application_name() -> None:
+    # PostgreSQL keeps 63 bytes: a cut name would hide the holder's backends from a successor.
+    holder = holder_id()
+    assert holder == holder_id()  # one per process: every connection carries the same name
+    assert len(application_name(holder).encode()) <= 63
+    assert holder.split("/")[1] == str(os.getpid())

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import secrets
 import socket
@@ -58,8 +59,10 @@ Elected = Callable[[int], Awaitable[None]]
 Deposed = Callable[[str], Awaitable[None]]
 
 
+@functools.cache
 def holder_id() -> str:
-    """`hostname/pid/random hex`, short enough that "subregistry " + it is never truncated.
+    """`hostname/pid/random hex`, short enough that "subregistry " + it is never truncated;
+    one per process, so that every connection of the process carries the same name.
 
     The random part tells apart two processes with the same pid on one host name (containers).
     """
@@ -141,6 +144,8 @@ class Leadership:
         self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._notifier: asyncio.Task[None] | None = None
         self._unreachable = False
+        self._withdrawn = False
+        self._step_down: str | None = None
 
     @property
     def leading(self) -> bool:
@@ -159,6 +164,22 @@ class Leadership:
         self._task = asyncio.create_task(self._run(), name="leadership")
         self._notifier = asyncio.create_task(self._notify(), name="leadership-events")
 
+    def withdraw(self) -> None:
+        """Take over no more (a leader still renews): the process is stopping."""
+        self._withdrawn = True
+
+    def step_down(self, reason: str) -> None:
+        """Resign at the next renewal and compete again: this process cannot write now."""
+        self._step_down = reason
+
+    async def _resign(self) -> None:
+        """`expires_at = now()` and unlock: a follower takes over at its next try."""
+        await self._query(
+            "UPDATE leadership SET expires_at = now() WHERE id = 1 AND epoch = %s AND holder = %s",
+            (self.epoch, self.holder),
+        )
+        await self._query("SELECT pg_advisory_unlock(%s)", (LEADER_LOCK,))
+
     async def stop(self) -> None:
         """Stop competing; a leader resigns, so that a follower takes over at once.
 
@@ -172,14 +193,9 @@ class Leadership:
         self._task = self._notifier = None
         if self.epoch is not None and self._conn is not None:
             try:
-                await self._conn.execute(
-                    "UPDATE leadership SET expires_at = now() "
-                    "WHERE id = 1 AND epoch = %s AND holder = %s",
-                    (self.epoch, self.holder),
-                )
-                await self._conn.execute("SELECT pg_advisory_unlock(%s)", (LEADER_LOCK,))
+                await self._resign()
                 log.info("leader.resigned", holder=self.holder, epoch=self.epoch)
-            except (psycopg.Error, OSError) as exc:
+            except (psycopg.Error, OSError, TimeoutError) as exc:
                 # Closing the connection below releases the lock; the lease then runs out.
                 log.warning("leader.resign_failed", holder=self.holder, error=str(exc))
         self.epoch = None
@@ -207,9 +223,17 @@ class Leadership:
         delay = _BACKOFF[0]
         while True:
             try:
-                if self.leading:
+                if self.leading and self._step_down is not None:
+                    reason, self._step_down = self._step_down, None
+                    await self._resign()
+                    await self._close()
+                    self._depose(f"stepped down: {reason}")
+                    await asyncio.sleep(self.try_every)
+                elif self.leading:
                     await self._renew()
                     await asyncio.sleep(self.renew_every)
+                elif self._withdrawn:
+                    await asyncio.sleep(self.try_every)
                 else:
                     await self._attempt()
                     await asyncio.sleep(self.renew_every if self.leading else self.try_every)
