@@ -287,10 +287,12 @@ class Leadership:
             # Its session still holds the lock, but its lease ran out: it is stalled or cut off,
             # and its commits are refused already. Ending its backends frees the lock (and any
             # row lock a half-done transaction of its holds).
+            # Not waiting for them to exit (a backend blocked writing to a stopped client can
+            # take a while): the lock is free at one of the next tries.
             cursor = await self._query(
-                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, %s)) "
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) "
                 "FROM pg_stat_activity WHERE application_name = %s AND pid <> pg_backend_pid()",
-                (int(self.renew_every * 1000), application_name(leader.holder)),
+                (application_name(leader.holder),),
             )
             row = await cursor.fetchone()
             log.warning(
