@@ -1,4 +1,6 @@
-"""Real parts at every edge: a fake registry on a loopback port, SQLite under tmp_path."""
+"""Real parts at every edge: a fake registry on a loopback port, SQLite under tmp_path or a
+fresh PostgreSQL database (`backend`: SQLite unless a module asks for both, see
+`tests.helpers.BOTH_BACKENDS`)."""
 
 from __future__ import annotations
 
@@ -15,11 +17,9 @@ import structlog
 from sync.config import Config, config_from_mapping
 from sync.metrics import Metrics
 from sync.pull.engine import Engine
-from sync.store import Reader, Store
-from sync.store.sqlite.reader import SqliteReader
-from sync.store.sqlite.writer import SqliteStore
+from sync.store import Reader, Store, open_reader
 from tests.fake_upstream import FakeRegistry
-from tests.helpers import build_mirror, no_sleep, serving
+from tests.helpers import build_mirror, no_sleep, open_writer, serving
 from tests.pg import pg_dsn, pg_server
 
 DATA = Path(__file__).parent / "data"
@@ -45,10 +45,28 @@ async def fake_url(fake: FakeRegistry) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def make_config(tmp_path: Path) -> Callable[..., Config]:
+def backend(request: pytest.FixtureRequest) -> str:
+    """The store's backend: "sqlite" unless the test is parametrised over both
+    (`tests.helpers.BOTH_BACKENDS`)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def storage_section(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The `[storage]` of this test's mirror: a file under tmp_path, or a fresh PostgreSQL
+    database (its path stays under tmp_path for the files beside a store, such as the
+    control socket)."""
+    section: dict[str, Any] = {"path": str(tmp_path / "mirror.db")}
+    if backend == "postgres":
+        section["url"] = request.getfixturevalue("pg_dsn")
+    return section
+
+
+@pytest.fixture
+def make_config(storage_section: dict[str, Any]) -> Callable[..., Config]:
     def make(*upstreams: dict[str, Any], **sections: Any) -> Config:
         data: dict[str, Any] = {
-            "storage": {"path": str(tmp_path / "mirror.db")},
+            "storage": storage_section,
             "upstreams": [{"page_delay": 0, "retries": 3, **u} for u in upstreams],
             **sections,
         }
@@ -64,7 +82,7 @@ def config(make_config: Callable[..., Config], fake_url: str) -> Config:
 
 @pytest.fixture
 async def store(config: Config) -> AsyncIterator[Store]:
-    opened = await SqliteStore.open(config.storage.path)
+    opened = await open_writer(config.storage)
     try:
         yield opened
     finally:
@@ -88,7 +106,7 @@ async def engine(config: Config, store: Store, metrics: Metrics) -> AsyncIterato
 
 @pytest.fixture
 async def reader(config: Config, store: Store) -> AsyncIterator[Reader]:
-    opened = await SqliteReader.open(config.storage.path)
+    opened = await open_reader(config.storage)
     try:
         yield opened
     finally:

@@ -9,15 +9,19 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from sync.config import Config, config_from_mapping
+from sync.config import Config, StorageConfig, config_from_mapping
 from sync.metrics import Metrics
 from sync.pull.engine import Engine
-from sync.store import Reader
-from sync.store.sqlite.writer import SqliteStore
+from sync.store import Reader, Store, open_store
 from tests.fake_upstream import OFFICIAL, FakeRegistry
+
+# A module (or class, or test) marked with this runs once per backend: its `backend` fixture,
+# and every store-facing fixture built on it, is SQLite, then a fresh PostgreSQL database.
+BOTH_BACKENDS = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
 
 MULTI = "com.fenetresurciel.verylongmcp/mcp-server-template-nodejs"  # 72 versions
 DEPRECATED = ("ai.exa/exa", "3.0.7")
@@ -35,38 +39,77 @@ async def serving(app: web.Application, tls: ssl.SSLContext | None = None) -> As
         await server.close()
 
 
+async def take_leadership(url: str, holder: str) -> int:
+    """Make `holder` the leader of the database at `url`, as an election would (the row's
+    epoch bumped, a lease long enough for any test); return the new epoch."""
+    import psycopg  # noqa: PLC0415 - SQLite-only runs need no psycopg
+
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        cursor = await conn.execute(
+            "UPDATE leadership SET epoch = epoch + 1, holder = %s, since = now(), "
+            "expires_at = now() + interval '1 hour' WHERE id = 1 RETURNING epoch",
+            (holder,),
+        )
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def open_writer(storage: StorageConfig) -> Store:
+    """The configured store's writer, leading if it is a PostgreSQL one."""
+    store = await open_store(storage)
+    if storage.url is not None:
+        from sync.store.postgres.writer import PostgresStore  # noqa: PLC0415
+
+        assert isinstance(store, PostgresStore)
+        await store.lead(await take_leadership(storage.url, store.holder), store.holder)
+    return store
+
+
 async def no_sleep(_: float) -> None:
     """Retries and page delays pass instantly in tests."""
 
 
-def mirror_config(path: Path, url: str = "http://127.0.0.1:9", **api: Any) -> Config:
+def mirror_config(
+    path: Path, url: str = "http://127.0.0.1:9", *, storage_url: str | None = None, **api: Any
+) -> Config:
+    """A mirror of one upstream at `url`, stored at `path` (SQLite) or in the PostgreSQL
+    database `storage_url`."""
+    storage: dict[str, Any] = {"path": str(path)}
+    if storage_url is not None:
+        storage["url"] = storage_url
     return config_from_mapping(
         {
-            "storage": {"path": str(path)},
+            "storage": storage,
             "api": api,
             "upstreams": [{"name": "official", "url": url, "page_delay": 0}],
         }
     )
 
 
-async def build_mirror(path: Path, items: list[dict[str, Any]]) -> FakeRegistry:
+async def build_mirror(
+    path: Path, items: list[dict[str, Any]], *, storage_url: str | None = None
+) -> FakeRegistry:
     """A mirror built by the real engine from `items`, with one deleted and one deprecated
-    version, as the API tests expect."""
+    version, as the API tests expect (in the PostgreSQL database `storage_url` if given)."""
     fake = FakeRegistry(json.loads(json.dumps(items)))
     versions = sorted(v for n, v in fake.rows if n == MULTI)
     fake.set_status(MULTI, versions[0], "deleted")
     fake.set_status(*DEPRECATED, "deprecated", "superseded")
     server = TestServer(fake.app())
     await server.start_server()
-    store = await SqliteStore.open(path)
+    url = str(server.make_url("")).rstrip("/")
+    config = mirror_config(path, url, storage_url=storage_url)
     try:
-        url = str(server.make_url("")).rstrip("/")
-        engine = Engine(mirror_config(path, url), store, Metrics(), sleep=no_sleep)
-        result = await engine.run("official")
-        assert result.outcome == "ok", result.error
-        await engine.close()
+        store = await open_writer(config.storage)
+        try:
+            engine = Engine(config, store, Metrics(), sleep=no_sleep)
+            result = await engine.run("official")
+            assert result.outcome == "ok", result.error
+            await engine.close()
+        finally:
+            await store.close()
     finally:
-        await store.close()
         await server.close()
     return fake
 

@@ -12,11 +12,19 @@ from sync.metrics import Metrics
 from sync.pull.engine import Engine
 from sync.store import ListQuery, Reader, Store
 from tests.fake_upstream import FakeRegistry
-from tests.helpers import assert_mirrors, latest_by_name, no_sleep, official, served
+from tests.helpers import (
+    BOTH_BACKENDS,
+    assert_mirrors,
+    latest_by_name,
+    no_sleep,
+    official,
+    served,
+)
 
 MULTI = "com.fenetresurciel.verylongmcp/mcp-server-template-nodejs"  # 72 versions
 
 
+@BOTH_BACKENDS
 class TestFullPass:
     async def test_mirrors_every_version_byte_for_byte(
         self, engine: Engine, reader: Reader, fake: FakeRegistry
@@ -58,6 +66,7 @@ class TestFullPass:
         assert len(set(stamps)) == len(stamps)
 
 
+@BOTH_BACKENDS
 class TestIncremental:
     async def test_five_changes_take_one_request(
         self, engine: Engine, reader: Reader, fake: FakeRegistry
@@ -123,6 +132,7 @@ class TestIncremental:
         assert result.checkpoint == (fake.date - overlap).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+@BOTH_BACKENDS
 class TestLatestAndStatus:
     async def test_latest_flips_without_the_old_latest_resent(
         self, engine: Engine, reader: Reader, fake: FakeRegistry
@@ -167,6 +177,7 @@ class TestLatestAndStatus:
         assert facts["statusChangedAt"] == fake.rows[key].official["statusChangedAt"]
 
 
+@BOTH_BACKENDS
 class TestReconcile:
     async def test_empty_upstream_on_a_full_pass_wipes_nothing(
         self, engine: Engine, reader: Reader, fake: FakeRegistry
@@ -226,6 +237,7 @@ def start_pass_hanging_on_page_4(
     return engine, asyncio.create_task(engine.run("official"))
 
 
+@BOTH_BACKENDS
 class TestResume:
     async def test_cancelled_pass_resumes_from_its_last_page(
         self, config: Config, store: Store, reader: Reader, fake: FakeRegistry
@@ -258,6 +270,8 @@ class TestResume:
         assert history[0].resumed_from == history[1].id
 
 
+# SQLite only: its FTS5 index is deferred during a first sync, and the plan text is SQLite's
+# (PostgreSQL's GIN index needs no deferral: tests/test_backends.py checks its plans).
 class TestSearchIndex:
     async def test_first_sync_defers_the_index_then_builds_it_once(
         self, config: Config, store: Store, reader: Reader, fake: FakeRegistry

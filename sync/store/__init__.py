@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sync.errors import StoreError
 from sync.store.interface import Reader, Store
 from sync.store.records import (
     ListQuery,
@@ -36,14 +35,21 @@ __all__ = [
 
 
 async def open_store(storage: StorageConfig) -> Store:
-    """The writer of the configured store, its schema migrated."""
+    """The writer of the configured store, its schema migrated. A PostgreSQL writer does not
+    lead until elected (`PostgresStore.lead`): its transactions raise NotLeader until then."""
     if storage.url is not None:
-        raise StoreError("PostgreSQL storage: not built yet")
+        # Imported here: a SQLite daemon never pays for importing psycopg.
+        from sync.store.postgres.writer import PostgresStore  # noqa: PLC0415
+
+        return await PostgresStore.open(storage)
     return await SqliteStore.open(storage.path)
 
 
 async def open_reader(storage: StorageConfig, *, connections: int | None = None) -> Reader:
     """Read-only access to the configured store."""
     if storage.url is not None:
-        raise StoreError("PostgreSQL storage: not built yet")
+        # Imported here: a SQLite daemon never pays for importing psycopg.
+        from sync.store.postgres.reader import PostgresReader  # noqa: PLC0415
+
+        return await PostgresReader.open(storage, connections=connections)
     return await SqliteReader.open(storage.path, connections=connections or 2)

@@ -168,7 +168,8 @@ class SqliteReader:
             # quotes match themselves.
             term = fold(q.search)
             phrase = '"' + term.replace('"', '""') + '"'
-            if len(term) >= 3 and await self._rare(phrase):
+            # FTS5 cannot parse a phrase holding NUL ("unterminated string"): scan for it.
+            if len(term) >= 3 and "\0" not in term and await self._rare(phrase):
                 # Few matches: let the trigram index find them all, then sort those. CROSS
                 # JOIN fixes the order: otherwise SQLite would probe the index once per row.
                 matches = (

@@ -1,0 +1,132 @@
+"""Writer side: the served views, the rules' hit counts and the settings (PostgreSQL)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import psycopg
+
+from sync.model import ExistingServed, ServedRow
+from sync.store.text import fold
+
+__all__ = ["ServedWrites"]
+
+_COLUMNS = (
+    "view, name, version, entry_id, upstream, status, is_latest, published_ts, updated_at, "
+    "description, search_name, search_description, form, meta"
+)
+_TYPES = (
+    "text[]", "text[]", "text[]", "bigint[]", "text[]", "text[]", "integer[]",
+    "double precision[]", "text[]", "text[]", "text[]", "text[]", "bytea[]", "text[]",
+)  # fmt: skip
+
+
+class ServedWrites:
+    """Mixed into PostgresStore; every method runs inside the caller's transaction."""
+
+    _conn: psycopg.AsyncConnection[tuple[Any, ...]]
+
+    def stamp(self) -> str:
+        raise NotImplementedError
+
+    async def served_state(
+        self, view: str, names: Iterable[str]
+    ) -> dict[tuple[str, str], ExistingServed]:
+        wanted = sorted(set(names))
+        if not wanted:
+            return {}
+        cursor = await self._conn.execute(
+            "SELECT name, version, entry_id, form FROM served "
+            "WHERE view = %s AND name = ANY(%s::text[])",
+            (view, wanted),
+        )
+        return {
+            (n, v): ExistingServed(entry_id, bytes(form))
+            for n, v, entry_id, form in await cursor.fetchall()
+        }
+
+    async def write_served(
+        self,
+        view: str,
+        rows: Sequence[ServedRow],
+        existing: Mapping[tuple[str, str], ExistingServed],
+    ) -> int:
+        """Write the rows whose served form changed; each gets a fresh mirror `updatedAt`
+        (see the SQLite store: the meta rendered once, the folded search columns too)."""
+        writes: list[tuple[object, ...]] = []
+        for row in rows:
+            before = existing.get((row.name, row.version))
+            if before is not None and before.form == row.form:
+                continue
+            stamp = self.stamp()
+            writes.append(
+                (
+                    view,
+                    row.name,
+                    row.version,
+                    row.entry_id,
+                    row.upstream,
+                    row.status,
+                    row.is_latest,
+                    row.published_ts,
+                    stamp,
+                    row.description,
+                    fold(row.name),
+                    fold(row.description),
+                    row.form,
+                    row.meta.replace('"{stamp}"', f'"{stamp}"', 1),
+                )
+            )
+        if not writes:
+            return 0
+        # One statement cannot upsert a key twice: a key repeated in `rows` keeps its last
+        # copy, as one upsert per row (the SQLite store) leaves it.
+        last = {(w[1], w[2]): w for w in writes}
+        columns = [list(column) for column in zip(*last.values(), strict=True)]
+        arrays = ", ".join(f"%s::{t}" for t in _TYPES)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS.split(", ")[3:])
+        await self._conn.execute(
+            f"INSERT INTO served ({_COLUMNS}) SELECT * FROM unnest({arrays}) "
+            f"ON CONFLICT (view, name, version) DO UPDATE SET {updates}",
+            columns,
+        )
+        return len(writes)
+
+    async def add_rule_hits(self, view: str, hits: Mapping[str, int]) -> None:
+        counted = {rule: n for rule, n in hits.items() if n}
+        if not counted:
+            return
+        await self._conn.execute(
+            "INSERT INTO rule_hits (view, rule, hits) "
+            "SELECT %s, rule, n FROM unnest(%s::text[], %s::bigint[]) AS h(rule, n) "
+            "ON CONFLICT (view, rule) DO UPDATE SET hits = rule_hits.hits + excluded.hits",
+            (view, list(counted), list(counted.values())),
+        )
+
+    async def reset_rule_hits(self, view: str) -> None:
+        await self._conn.execute("DELETE FROM rule_hits WHERE view = %s", (view,))
+
+    async def setting(self, key: str) -> str | None:
+        cursor = await self._conn.execute("SELECT value FROM settings WHERE key = %s", (key,))
+        row = await cursor.fetchone()
+        return str(row[0]) if row else None
+
+    async def set_setting(self, key: str, value: str) -> None:
+        await self._conn.execute(
+            "INSERT INTO settings (key, value) VALUES (%s, %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    async def served_is_empty(self) -> bool:
+        cursor = await self._conn.execute("SELECT 1 FROM served LIMIT 1")
+        return await cursor.fetchone() is None
+
+    async def suspend_search_index(self) -> None:
+        """Nothing to suspend: GIN's pending list (`fastupdate`) already batches a page's
+        index insertions, so the trigram index stays complete during a first sync."""
+
+    async def rebuild_search_index(self) -> bool:
+        """Never needed (see `suspend_search_index`)."""
+        return False
