@@ -20,10 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import os
-import secrets
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,10 +29,10 @@ import psycopg
 import structlog
 
 from sync.errors import NotLeader
+from sync.store.postgres.connect import application_name, holder_id, options
 from sync.store.postgres.schema import LEADER_LOCK
 
 __all__ = [
-    "APPLICATION_PREFIX",
     "Leader",
     "Leadership",
     "application_name",
@@ -47,34 +43,11 @@ __all__ = [
 
 log = structlog.get_logger("sync.store.postgres.leader")
 
-APPLICATION_PREFIX = "subregistry "
-# PostgreSQL keeps 63 bytes of an application_name (NAMEDATALEN - 1): a longer one would be cut,
-# and a successor looking for the whole name would find no backend to terminate.
-_NAME_BYTES = 63
-_RANDOM_HEX = 8
 _BACKOFF = (0.2, 5.0)  # reconnecting to an unreachable database: first delay, cap
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 Elected = Callable[[int], Awaitable[None]]
 Deposed = Callable[[str], Awaitable[None]]
-
-
-@functools.cache
-def holder_id() -> str:
-    """`hostname/pid/random hex`, short enough that "subregistry " + it is never truncated;
-    one per process, so that every connection of the process carries the same name.
-
-    The random part tells apart two processes with the same pid on one host name (containers).
-    """
-    tail = f"/{os.getpid()}/{secrets.token_hex(_RANDOM_HEX // 2)}"
-    room = _NAME_BYTES - len(APPLICATION_PREFIX) - len(tail)
-    host = socket.gethostname().encode()[:room].decode(errors="ignore") or "host"
-    return host + tail
-
-
-def application_name(holder: str) -> str:
-    """What every connection of the process holding `holder` says it is."""
-    return APPLICATION_PREFIX + holder
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,12 +77,8 @@ async def current(conn: Conn) -> Leader:
 async def connect(dsn: str, holder: str, *, statement_timeout: float) -> Conn:
     """An autocommit connection named after `holder`, whose statements cannot hang the caller
     for longer than `statement_timeout` (a lock wait behind a stalled writer included)."""
-    conn = await psycopg.AsyncConnection.connect(
-        dsn,
-        autocommit=True,
-        application_name=application_name(holder),
-        connect_timeout=max(2, int(statement_timeout + 0.999)),
-    )
+    settings = options(holder) | {"connect_timeout": max(2, int(statement_timeout + 0.999))}
+    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True, **settings)
     await conn.execute(
         "SELECT set_config('statement_timeout', %s, false)", (str(int(statement_timeout * 1000)),)
     )
