@@ -24,13 +24,14 @@ if not HAVE_PSYCOPG:
 
 import psycopg
 
+from sync.app import create_app
 from sync.config import StorageConfig
 from sync.serve.cache import ResponseCache, SerialState
 from sync.store import open_reader
 from sync.store.postgres.schema import MIGRATIONS, migrate
 from tests.cli_helpers import free_port, spawn
 from tests.fake_upstream import FakeRegistry
-from tests.helpers import assert_mirrors, served, serving
+from tests.helpers import assert_mirrors, mirror_config, served, serving
 
 LEASE = 2.0
 PATIENCE = 60.0  # a wait this long means the property failed; it holds far sooner
@@ -486,3 +487,19 @@ def test_a_new_serial_empties_the_cache() -> None:
     serial[0] = 2
     asyncio.run(state.check(read))
     assert cache.get("/a") is None
+
+
+async def _gauge_of(url: str) -> float:
+    async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as response:
+        for line in (await response.text()).splitlines():
+            if line.startswith("subregistry_leader "):
+                return float(line.split()[1])
+    raise AssertionError("no subregistry_leader in /metrics")
+
+
+async def test_on_sqlite_the_syncing_daemon_is_the_leader(tmp_path: Path, fake_url: str) -> None:
+    config = mirror_config(tmp_path / "mirror.db", fake_url)
+    async with serving(create_app(config, sync=True)) as writer:
+        assert await _gauge_of(writer) == 1.0
+        async with serving(create_app(config, sync=False)) as replica:
+            assert await _gauge_of(replica) == 0.0

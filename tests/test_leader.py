@@ -125,6 +125,10 @@ async def test_a_resigning_leader_hands_over_before_its_lease_would_run_out(db: 
         before = await current(admin)
         assert before.holder == a.leadership.holder
         await a.leadership.stop()
+        # The row says at once that nobody leads (a status, a fence, see it), unless the
+        # follower has already taken over.
+        resigned = await current(admin)
+        assert resigned.expired or resigned.holder == b.leadership.holder
         await _until(lambda: b.leadership.leading)
         after = await current(admin)
         assert after.holder == b.leadership.holder
