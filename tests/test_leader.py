@@ -317,3 +317,28 @@ def test_the_holder_id_fits_whole_in_an_application_name() -> None:
     assert holder == holder_id()  # one per process: every connection carries the same name
     assert len(application_name(holder).encode()) <= 63
     assert holder.split("/")[1] == str(os.getpid())
+
+
+async def test_a_leader_that_steps_down_resigns_and_competes_again(db: str) -> None:
+    # What a replica does when it was elected but cannot write (its store failed to start).
+    a = Candidate(db)
+    async with running(a):
+        await _until(lambda: a.leadership.leading)
+        first = a.leadership.epoch
+        a.leadership.step_down("could not start writing")
+        await _until(lambda: len(a.epochs) == 2)
+    assert [k for k, _ in a.events] == ["elected", "deposed", "elected"]
+    assert a.events[1][1] == "stepped down: could not start writing"
+    assert first is not None and a.epochs[1] > first
+
+
+async def test_a_withdrawn_candidate_takes_over_no_more(db: str) -> None:
+    # A stopping replica must not be elected while it shuts its writer down.
+    a, b = Candidate(db), Candidate(db)
+    async with running(a):
+        await _until(lambda: a.leadership.leading)
+        async with running(b):
+            b.leadership.withdraw()
+            await a.leadership.stop()
+            await asyncio.sleep(b.leadership.try_every * 3)
+            assert not b.leadership.leading and b.events == []
