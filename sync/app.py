@@ -1,7 +1,13 @@
 """Wiring: the aiohttp application owns every resource as a cleanup context, in order.
 
-writer store → engine → read-only readers → control socket → scheduler. The readers open after
-the writer has switched the file to WAL; on stop the scheduler lets a running page commit first.
+SQLite: writer store → engine → read-only readers → control socket → scheduler. The readers
+open after the writer has switched the file to WAL; on stop the scheduler lets a running page
+commit first.
+
+PostgreSQL: writer store and its candidacy for the leadership (`sync.leading`: engine and
+scheduler run only while elected) → readers and the change-serial poller of the response
+cache. No control socket: `subregistry sync`/`reapply` on PostgreSQL hold the leadership
+themselves, and are refused while a daemon leads.
 """
 
 from __future__ import annotations
@@ -9,40 +15,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import structlog
 from aiohttp import web
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from sync.config import DEFAULT_VIEW, Config
 from sync.control import control_site
 from sync.errors import StoreError
+from sync.leading import WRITING, Writing, pg_writer_ctx, start_writing, stop_writing
 from sync.metrics import Metrics
 from sync.model import utcnow
 from sync.pull.engine import Clock, Engine
-from sync.reload import ENGINE, RELOADING, SCHEDULER, schedule
+from sync.reload import RELOADING
 from sync.serve.api import CACHE, CLOCK, CONFIG, LIVE, METRICS, READER, VIEW, Live, add_routes
-from sync.serve.cache import ResponseCache, file_id
+from sync.serve.cache import ResponseCache, SerialState, file_id
 from sync.serve.middleware import middlewares
 from sync.serve.ops import add_ops_routes
-from sync.store import Store, open_store
+from sync.store import open_reader, open_store
+from sync.store.postgres.leader import connect, current, holder_id
 from sync.store.sqlite.reader import SqliteReader
 
-__all__ = ["ENGINE", "STORE", "create_app"]
+__all__ = ["WRITING", "create_app"]
 
 log = structlog.get_logger("sync.app")
-STORE = web.AppKey("store", Store)
+SERIAL = web.AppKey("serial", SerialState)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     store = await open_store(config.storage)
     engine = Engine(config, store, app[METRICS], clock=app[CLOCK], view=app[VIEW])
-    app[STORE], app[ENGINE] = store, engine
+    writing = app[WRITING]
+    writing.store, writing.engine = store, engine
     try:
         await engine.startup()
         yield
     finally:
+        writing.engine = None
         await engine.close()
         await store.close()
 
@@ -95,7 +105,7 @@ async def _follow(
         identity = file_id(path)
         if identity == cache.bound:
             continue
-        if identity is None or STORE in app:
+        if identity is None or app[WRITING].store is not None:
             if identity != reported:
                 reported = identity
                 log.warning(
@@ -122,28 +132,62 @@ async def _follow(
 
 async def _control_ctx(app: web.Application) -> AsyncIterator[None]:
     """`subregistry sync` and `reapply` act through this daemon while it holds the store."""
-    async with control_site(app[ENGINE], app[CONFIG].storage.path):
+    engine = app[WRITING].engine
+    assert engine is not None  # set by _store_ctx
+    async with control_site(engine, app[CONFIG].storage.path):
         yield
 
 
 async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
-    config, engine = app[LIVE].config, app[ENGINE]
-    scheduler = AsyncIOScheduler(timezone="UTC")
-    app[SCHEDULER] = scheduler
-    schedule(scheduler, engine, config, app[CLOCK]())
-    scheduler.start()
+    engine = app[WRITING].engine
+    assert engine is not None
+    start_writing(app, engine)
     try:
         yield
     finally:
-        # APScheduler's shutdown cancels running coroutine jobs rather than waiting for them:
-        # stop new runs, ask running passes to stop after their current page, then wait.
-        scheduler.pause()
-        engine.stop()
-        try:
-            await asyncio.wait_for(engine.idle(), config.api.stop_grace)
-        except TimeoutError:
-            log.warning("app.stop_grace_exceeded", seconds=config.api.stop_grace)
-        scheduler.shutdown(wait=False)
+        # The engine itself is closed by _store_ctx, after the control socket.
+        writing = app[WRITING]
+        async with writing.lock:
+            writing.stopping = True
+            await _stop_scheduled(app)
+
+
+async def _stop_scheduled(app: web.Application) -> None:
+    """SQLite: stop passes and scheduler, keep the engine for the contexts closing after."""
+    writing = app[WRITING]
+    engine = writing.engine
+    await stop_writing(app, close=False)
+    writing.engine = engine
+
+
+async def _pg_reader_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The readers, and the poller of the change serial that the response cache goes by."""
+    storage = app[CONFIG].storage
+    assert storage.url is not None
+    url, serial = storage.url, app[SERIAL]
+    reader = await open_reader(storage, connections=storage.pool_size)
+    app[READER] = reader
+    conn: list[Any] = []
+
+    async def read() -> int:
+        if not conn or conn[0].closed or conn[0].broken:
+            for old in conn:
+                with contextlib.suppress(Exception):
+                    await old.close()
+            conn[:] = [await connect(url, holder_id(), statement_timeout=serial.refresh / 2)]
+        return (await current(conn[0])).serial
+
+    poller = asyncio.create_task(serial.poll(read), name="cache-serial")
+    try:
+        yield
+    finally:
+        poller.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await poller
+        for old in conn:
+            with contextlib.suppress(Exception):
+                await old.close()
+        await reader.close()
 
 
 def create_app(
@@ -161,7 +205,18 @@ def create_app(
     app[METRICS] = metrics or Metrics()
     app[VIEW] = DEFAULT_VIEW
     app[CLOCK] = clock
-    app[CACHE] = ResponseCache(config.storage.path, int(config.api.cache_mb * 1024 * 1024))
+    app[WRITING] = Writing()
+    cache_bytes = int(config.api.cache_mb * 1024 * 1024)
+    if config.storage.postgres:
+        app[SERIAL] = SerialState(config.storage.refresh)
+        app[CACHE] = ResponseCache(None, cache_bytes, source=app[SERIAL])
+        if sync:
+            app.cleanup_ctx.append(pg_writer_ctx)
+        app.cleanup_ctx.append(_pg_reader_ctx)
+        add_routes(app, config.api.base_path)
+        add_ops_routes(app)
+        return app
+    app[CACHE] = ResponseCache(config.storage.path, cache_bytes)
     if sync:
         app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_reader_ctx)

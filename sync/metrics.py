@@ -146,6 +146,13 @@ class Metrics:
             buckets=_REQUEST_BUCKETS,
             registry=r,
         )
+        # Alerting wants exactly one writer per store: sum over replicas == 1.
+        self.leader = Gauge(
+            f"{_PREFIX}_leader",
+            "1 on the process that writes the store (the elected leader of a PostgreSQL store, "
+            "a syncing daemon of a SQLite file); 0 otherwise",
+            registry=r,
+        )
         self.build_info = Gauge(
             f"{_PREFIX}_build_info",
             "Always 1; the version is in the label",

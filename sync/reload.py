@@ -11,56 +11,22 @@ them as they were and says so.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Callable
-from datetime import datetime, timedelta
 
 import structlog
 from aiohttp import web
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.interval import IntervalTrigger
 
 from sync.config import Config
 from sync.errors import ConfigError
+from sync.leading import WRITING, schedule
 from sync.logs import configure_logging
-from sync.pull.engine import Engine
 from sync.serve.api import CLOCK, LIVE
 
-__all__ = ["ENGINE", "RELOADING", "SCHEDULER", "reload", "schedule"]
+__all__ = ["RELOADING", "reload", "schedule"]
 
 log = structlog.get_logger("sync.reload")
-ENGINE = web.AppKey("engine", Engine)
-SCHEDULER = web.AppKey("scheduler", AsyncIOScheduler)
 RELOADING = web.AppKey("reloading", asyncio.Lock)
 RESTART_ONLY = ("storage", "api")
-
-
-def schedule(scheduler: AsyncIOScheduler, engine: Engine, config: Config, now: datetime) -> None:
-    """One job per configured upstream: added (its first pass at once), re-timed when its
-    interval changed, removed with its upstream."""
-    wanted = {u.name for u in config.upstreams}
-    for job in scheduler.get_jobs():
-        if job.id not in wanted:
-            job.remove()
-    for i, upstream in enumerate(config.upstreams):
-        jitter = min(upstream.interval * 0.1, 300.0)
-        trigger = IntervalTrigger(seconds=upstream.interval, jitter=jitter)
-        job = scheduler.get_job(upstream.name)
-        if job is None:
-            scheduler.add_job(
-                engine.run,
-                trigger,
-                args=[upstream.name],
-                id=upstream.name,
-                name=f"sync {upstream.name}",
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=None,
-                # First passes start at once, spread a little so upstreams do not start together.
-                next_run_time=now + timedelta(seconds=i * 2 + random.random()),  # noqa: S311
-            )
-        elif job.trigger.interval != trigger.interval:
-            job.reschedule(trigger)
 
 
 def settle(old: Config, new: Config) -> tuple[Config, list[str]]:
@@ -99,8 +65,15 @@ async def _apply(app: web.Application, fresh: Config) -> None:
     changed = [key for key in Config.model_fields if getattr(old, key) != getattr(fresh, key)]
     live.config = fresh
     log.info("config.reloaded", changed=changed)
-    if ENGINE in app:
-        engine = app[ENGINE]
+    writing = app.get(WRITING)
+    if writing is None:
+        return
+    # Under the lock: on PostgreSQL the engine comes and goes with the leadership; a process
+    # elected later starts with `live.config`, set above.
+    async with writing.lock:
+        engine, scheduler = writing.engine, writing.scheduler
+        if engine is None or scheduler is None:
+            return
         engine.reconfigure(fresh)
-        schedule(app[SCHEDULER], engine, fresh, app[CLOCK]())
+        schedule(scheduler, engine, fresh, app[CLOCK]())
         await engine.curator.ensure_current()

@@ -1,24 +1,44 @@
 """Rendered read responses, kept while the store is unchanged.
 
-A mirror serves the same pages to many clients between syncs. The store changes only when
-the writer commits, and every commit writes the WAL file: the identity, size and mtime of the
-database and WAL files (two stat calls, no query) tell whether what is cached is still the
-store's content. Identity matters as much as content: a database replaced under the daemon
-(`os.replace` of another mirror, a restore) may well have the same size and mtime. The cache is
-bound to the database file the readers have open, and caches nothing while the path holds
-another file (or none). Bounded in bytes.
+A mirror serves the same pages to many clients between syncs. Where the store says whether its
+content changed is the cache's state source, one per backend:
+
+- SQLite: the store changes only when the writer commits, and every commit writes the WAL
+  file: the identity, size and mtime of the database and WAL files (two stat calls, no query)
+  tell whether what is cached is still the store's content. Identity matters as much as
+  content: a database replaced under the daemon (`os.replace` of another mirror, a restore)
+  may well have the same size and mtime. The cache is bound to the database file the readers
+  have open, and caches nothing while the path holds another file (or none).
+- PostgreSQL: every fenced commit of the leader bumps `leadership.serial`. Each replica reads
+  it every `[storage] refresh` seconds on a connection of its own (`SerialState.poll`); the
+  state is the serial, and a new one empties the cache. The bound: a response is served from
+  the cache only while the last successful check started at most `refresh` (plus half of it for
+  the check itself and timer slack) ago, and the content was current then; so a replica serves
+  no cached response more than 1.5 x `refresh` behind the database, and a commit reaches the
+  cached responses of every replica within `refresh` plus one read of the serial. A check that
+  fails or does not come (database unreachable, a slow query) makes the state unknown: nothing
+  is served from the cache or cached until a check succeeds again; reads go to the database.
+
+Bounded in bytes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import os
+import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CachedBody", "FileId", "ResponseCache", "State", "file_id"]
+import structlog
+
+__all__ = ["CachedBody", "FileId", "ResponseCache", "SerialState", "State", "file_id"]
+
+log = structlog.get_logger("sync.serve.cache")
 
 _BIGGEST = 1 << 20  # one response over this is not worth a slot
 
@@ -48,15 +68,61 @@ class CachedBody:
         return self.gzipped
 
 
+class SerialState:
+    """A shared store's change serial, as this replica last read it (see the module text)."""
+
+    def __init__(self, refresh: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.refresh = refresh
+        self._clock = clock
+        self._serial: int | None = None
+        self._checked = float("-inf")  # when the last successful check started
+        self._failing = False
+
+    def __call__(self) -> State | None:
+        if self._serial is None or self._clock() - self._checked > self.refresh * 1.5:
+            return None
+        return (self._serial,)
+
+    async def check(self, read: Callable[[], Awaitable[int]]) -> None:
+        """Read the serial once; a failure (or a read slower than refresh/2) makes it unknown."""
+        started = self._clock()
+        try:
+            serial = await asyncio.wait_for(read(), self.refresh / 2)
+        except Exception as exc:
+            self._serial = None
+            if not self._failing:
+                self._failing = True
+                log.warning("cache.serial_unknown", error=str(exc) or type(exc).__name__)
+            return
+        if self._failing:
+            self._failing = False
+            log.info("cache.serial_known", serial=serial)
+        self._serial, self._checked = serial, started
+
+    async def poll(self, read: Callable[[], Awaitable[int]]) -> None:
+        """Check every `refresh` seconds, for ever (cancel it to stop)."""
+        while True:
+            started = self._clock()
+            await self.check(read)
+            await asyncio.sleep(max(0.0, self.refresh - (self._clock() - started)))
+
+
 class ResponseCache:
-    def __init__(self, store: Path, max_bytes: int) -> None:
-        self._store = store
-        self._files = (store, Path(f"{store}-wal"))
+    def __init__(
+        self,
+        store: Path | None,
+        max_bytes: int,
+        *,
+        source: Callable[[], State | None] | None = None,
+    ) -> None:
+        """`store`: the SQLite file whose stats are the state; or `source` tells the state."""
+        self._files = (store, Path(f"{store}-wal")) if store is not None else ()
+        self._source = source
         self._max = max_bytes
         self._items: OrderedDict[str, CachedBody] = OrderedDict()
         self._size = 0
         self._version: tuple[int, ...] = ()
-        self._bound = file_id(store)
+        self._bound = file_id(store) if store is not None else None
         self._foreign = False
 
     @property
@@ -75,10 +141,12 @@ class ResponseCache:
         self._size = 0
         self._version = version
         # No database at the path reads as (0, 0): never a bound identity.
-        self._foreign = version[:2] != self._bound
+        self._foreign = bool(self._files) and version[:2] != self._bound
 
     def state(self) -> State | None:
         """The store's state now; None when it cannot be told (nothing is cached then)."""
+        if self._source is not None:
+            return self._source()
         version: list[int] = []
         for path in self._files:
             try:

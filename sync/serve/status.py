@@ -1,12 +1,17 @@
-"""What `subregistry status` reports: the served view, and per upstream its checkpoint,
-failures, quarantine, resume point and recent passes. Read-only: it opens no writer."""
+"""What `subregistry status` reports: the served view, who writes (on PostgreSQL: the elected
+leader), and per upstream its checkpoint, failures, quarantine, resume point and recent
+passes. Read-only: it opens no writer."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
-from sync.config import DEFAULT_VIEW, Config
+import psycopg
+
+from sync.config import DEFAULT_VIEW, Config, StorageConfig
 from sync.store import Reader, records
+from sync.store.postgres.leader import connect, current, holder_id
 
 __all__ = ["collect", "render"]
 
@@ -27,6 +32,8 @@ async def collect(config: Config, reader: Reader) -> dict[str, Any]:
         "upstreams": [],
         "rule_hits": await reader.rule_hits(DEFAULT_VIEW),
     }
+    if config.storage.postgres:
+        report["leader"] = await leader(config.storage)
     for upstream in config.upstreams:
         state = states.get(upstream.name, records.UpstreamState(upstream.name))
         kept, removed = held.get(upstream.name, (0, 0))
@@ -73,6 +80,46 @@ async def collect(config: Config, reader: Reader) -> dict[str, Any]:
             }
         )
     return report
+
+
+async def leader(storage: StorageConfig) -> dict[str, Any]:
+    """Who leads a PostgreSQL store now: holder, since, epoch and until when the lease runs
+    (`leading` false: nobody does, the last holder's lease ran out or it resigned)."""
+    assert storage.url is not None
+    try:
+        conn = await connect(storage.url, holder_id(), statement_timeout=storage.lease)
+    except psycopg.Error as exc:
+        return {"error": str(exc).strip().splitlines()[0] if str(exc).strip() else "unreachable"}
+    try:
+        row = await current(conn)
+    except psycopg.Error as exc:
+        return {"error": str(exc).strip().splitlines()[0] if str(exc).strip() else "failed"}
+    finally:
+        await conn.close()
+
+    def stamp(moment: datetime | None) -> str | None:
+        return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
+
+    return {
+        "leading": not row.expired,
+        "holder": row.holder,
+        "epoch": row.epoch,
+        "since": stamp(row.since),
+        "lease_until": stamp(row.expires_at),
+        "serial": row.serial,
+    }
+
+
+def _leader_line(leader: dict[str, Any]) -> str:
+    if "error" in leader:
+        return f"leader:          unknown ({leader['error']})\n"
+    if leader["leading"]:
+        return (
+            f"leader:          {leader['holder']} (epoch {leader['epoch']}, since "
+            f"{leader['since']}, lease until {leader['lease_until']})\n"
+        )
+    last = f"; last: {leader['holder']}, epoch {leader['epoch']}" if leader["holder"] else ""
+    return f"leader:          none{last}\n"
 
 
 def _resume_point(state: records.UpstreamState) -> dict[str, Any] | None:
@@ -134,6 +181,8 @@ def _upstream_lines(u: dict[str, Any]) -> str:
 def render(report: dict[str, Any]) -> str:
     """The report for a person: served counts, then one block per upstream, then rule hits."""
     text = _served_line(report["served"])
+    if "leader" in report:
+        text += _leader_line(report["leader"])
     text += "".join(_upstream_lines(u) for u in report["upstreams"])
     hits: dict[str, int] = report["rule_hits"]
     if hits:
