@@ -21,12 +21,12 @@ from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, TextIO, TypeVar, cast
 
+import psycopg
 import structlog
-from pydantic import ValidationError
 
 from sync import __version__, control
 from sync.app import create_app
-from sync.config import DEFAULT_VIEW, Config, StorageConfig, load_config
+from sync.config import DEFAULT_VIEW, Config, load_config
 from sync.curate.curation import Curator
 from sync.curate.explain import explain, render
 from sync.errors import ConfigError, StoreError, StoreLocked
@@ -39,7 +39,10 @@ from sync.serve.server import serve
 from sync.serve.status import collect as collect_status
 from sync.serve.status import render as render_status
 from sync.store import PassCounts, Reader, Store, open_reader, open_store
-from sync.store.postgres.copy import check_dsn, copy_mirror
+from sync.store.postgres.connect import redact, short
+from sync.store.postgres.copy import check_target, copy_mirror
+from sync.store.postgres.leader import held
+from sync.store.postgres.writer import PostgresStore
 
 __all__ = ["main"]
 
@@ -104,10 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _command(args: argparse.Namespace) -> int:
     path: Path | None = None
+    database: str | None = None
     try:
         config = load_config(args.config)
         configure_logging(config.logging, cast(TextIO, _STDERR))
-        path = config.storage.path
+        path, database = config.storage.path, config.storage.url
         code = _dispatch(args, config)
         # A reader that closed our pipe shows here, not in the interpreter's last flush.
         sys.stdout.flush()
@@ -120,6 +124,9 @@ def _command(args: argparse.Namespace) -> int:
         return _SIGPIPE_EXIT
     except (StoreError, CommandFailed) as exc:
         return _fail(str(exc))
+    except psycopg.Error as exc:
+        # One that reached us without a store's wording (the leader lock's connection, say).
+        return _fail(f"{redact(database)}: {short(exc)}" if database else short(exc))
     except sqlite3.Error as exc:
         # SQLite may quote a whole damaged row: the line stays a line.
         text = str(exc)
@@ -200,9 +207,27 @@ async def _writing(config: Config, *, existing: bool = False) -> AsyncIterator[S
         raise CommandFailed(f"no mirror at {path} (run a sync first)")
     store = await open_store(config.storage)
     try:
-        yield store
+        if isinstance(store, PostgresStore):
+            async with _leading(config, store):
+                yield store
+        else:
+            yield store
     finally:
         await store.close()
+
+
+@asynccontextmanager
+async def _leading(config: Config, store: PostgresStore) -> AsyncIterator[None]:
+    """A one-shot writer of a shared database leads it for its duration, as a daemon would;
+    while another process leads, that one runs the passes (NotLeader names it)."""
+    assert config.storage.url is not None
+    async with held(config.storage.url, lease=config.storage.lease, holder=store.holder) as lead:
+        assert lead.epoch is not None
+        await store.lead(lead.epoch, lead.holder)
+        try:
+            yield
+        finally:
+            store.unlead()
 
 
 class _Stderr(io.TextIOBase):
@@ -379,14 +404,7 @@ async def _export(config: Config, output: Path | None) -> int:
 
 
 async def _copy(config: Config, target: str) -> int:
-    # The same check as `[storage] url`: this URL is what the replicas will be given next.
-    try:
-        StorageConfig(url=target)
-        check_dsn(target)
-    except (ValidationError, ValueError):
-        raise ConfigError(
-            "--to: must be a PostgreSQL URL such as postgresql://user@host:5432/db"
-        ) from None
+    check_target(target)
     result = await copy_mirror(config.storage.path, target, lease=config.storage.lease)
     print(result.summary(), flush=True)
     return 0

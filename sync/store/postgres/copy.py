@@ -13,7 +13,6 @@ the mirror's size), under the leadership of the database like any other writer o
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sqlite3
 import time
@@ -27,12 +26,15 @@ import aiosqlite
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
+from pydantic import ValidationError
 
-from sync.errors import NotLeader, StoreError
-from sync.store.postgres.connect import holder_id, options
-from sync.store.postgres.schema import LEADER_LOCK, migrate
+from sync.config import StorageConfig
+from sync.errors import ConfigError, NotLeader, StoreError
+from sync.store.postgres.connect import holder_id, options, redact
+from sync.store.postgres.leader import Leadership
+from sync.store.postgres.schema import migrate
 
-__all__ = ["TABLES", "CopyResult", "TargetNotEmpty", "check_dsn", "copy_mirror", "public_dsn"]
+__all__ = ["TABLES", "CopyResult", "TargetNotEmpty", "check_target", "copy_mirror"]
 
 # Every table of a mirror, each with the key it is read in (the target's indexes then fill in
 # order). `leadership` and the migration records belong to the database, not to the mirror.
@@ -72,24 +74,17 @@ class CopyResult:
         )
 
 
-def public_dsn(dsn: str) -> str:
-    """The DSN for messages: never its password."""
-    parts = urlsplit(dsn)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    user = f"{parts.username}@" if parts.username else ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{user}{host}{port}{parts.path}"
-
-
-def check_dsn(dsn: str) -> None:
-    """Raises ValueError for a URL that libpq (or our messages) could not read."""
+def check_target(dsn: str) -> None:
+    """ConfigError naming `--to` for a URL that `[storage] url` would refuse (the replicas are
+    given it next), or that libpq (or our messages) could not read."""
     try:
+        StorageConfig(url=dsn)
         conninfo_to_dict(dsn)
         urlsplit(dsn).port  # noqa: B018 (parsing it is the check)
-    except (psycopg.Error, ValueError) as exc:
-        raise ValueError(_first_line(exc)) from None
+    except (ValidationError, psycopg.Error, ValueError):
+        raise ConfigError(
+            "--to: must be a PostgreSQL URL such as postgresql://user@host:5432/db"
+        ) from None
 
 
 def _is_file(path: Path) -> bool:
@@ -104,38 +99,42 @@ def _first_line(exc: BaseException) -> str:
 async def copy_mirror(source: Path, dsn: str, *, lease: float, batch: int = BATCH) -> CopyResult:
     """Copy the SQLite mirror at `source` into the empty database at `dsn`; raises StoreError
     (TargetNotEmpty, NotLeader, or any failure of either database) with nothing written."""
-    where = public_dsn(dsn)
+    where = redact(dsn)
     if not _is_file(source):
         raise StoreError(f"no SQLite mirror at {source} ([storage] path)")
     started = time.monotonic()
     holder = holder_id()
     try:
-        async with (
-            _source(source) as src,
-            _Leadership.hold(dsn, where, holder, lease) as leading,
-            await _connect(dsn, holder) as dst,
-        ):
-            # A stalled copy must not hold its locks for longer than a leader could.
-            await dst.execute(
-                "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
-                (f"{int(lease * 1000)}ms",),
-            )
-            columns = await _columns(src, dst, source)
-            async with dst.transaction():
-                await _refuse_a_mirror(dst, where)
-                counts = {
-                    table: await _copy_table(src, dst, table, key, columns[table], batch)
-                    for table, key in TABLES
-                }
-                for table in _SERIAL:
-                    await dst.execute(
-                        sql.SQL(
-                            "SELECT setval(pg_get_serial_sequence(%s, 'id'), "
-                            "coalesce(max(id), 1), max(id) IS NOT NULL) FROM {}"
-                        ).format(sql.Identifier(table)),
-                        (table,),
-                    )
-                await leading.fence(dst)
+        async with _source(source) as src:
+            async with await _connect(dsn, holder) as first:
+                await migrate(first)
+                # Before leading: refusing a mirror must not even bump its epoch.
+                await _refuse_a_mirror(first, where)
+                columns = await _columns(src, first, source)
+            async with (
+                _leading(dsn, where, holder, lease) as leading,
+                await _connect(dsn, holder) as dst,
+            ):
+                # A stalled copy must not hold its locks for longer than a leader could.
+                await dst.execute(
+                    "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+                    (f"{int(lease * 1000)}ms",),
+                )
+                async with dst.transaction():
+                    await _refuse_a_mirror(dst, where)  # again: now nobody else writes
+                    counts = {
+                        table: await _copy_table(src, dst, table, key, columns[table], batch)
+                        for table, key in TABLES
+                    }
+                    for table in _SERIAL:
+                        await dst.execute(
+                            sql.SQL(
+                                "SELECT setval(pg_get_serial_sequence(%s, 'id'), "
+                                "coalesce(max(id), 1), max(id) IS NOT NULL) FROM {}"
+                            ).format(sql.Identifier(table)),
+                            (table,),
+                        )
+                    await _fence(dst, leading)
     except sqlite3.Error as exc:
         raise StoreError(f"{source}: {_first_line(exc)}") from None
     except psycopg.Error as exc:
@@ -163,6 +162,37 @@ async def _connect(dsn: str, holder: str) -> psycopg.AsyncConnection[tuple[Any, 
     # Named as every connection of a writer is (a successor can end our backends should we
     # stall while leading), and without prepared statements (PgBouncer in transaction mode).
     return await psycopg.AsyncConnection.connect(dsn, autocommit=True, **options(holder))
+
+
+@contextlib.asynccontextmanager
+async def _leading(dsn: str, where: str, holder: str, lease: float) -> AsyncIterator[Leadership]:
+    """The leadership, held as every one-shot writer holds it (`leader.held`: renewed
+    meanwhile, resigned at the end), with a refusal that says what was refused."""
+    leadership = Leadership(dsn, lease=lease, holder=holder)
+    try:
+        await leadership.acquire()
+    except NotLeader as exc:
+        raise NotLeader(f"cannot copy into {where}: {exc}") from None
+    leadership.start()
+    try:
+        yield leadership
+    finally:
+        await leadership.stop()
+
+
+async def _fence(conn: psycopg.AsyncConnection[tuple[Any, ...]], leading: Leadership) -> None:
+    """The writers' fence, inside the copy's transaction just before it commits: a copy whose
+    leadership lapsed (stalled past its lease, taken over) commits nothing."""
+    cursor = await conn.execute(
+        "UPDATE leadership SET serial = serial + 1 "
+        "WHERE id = 1 AND epoch = %s AND holder = %s AND expires_at > now()",
+        (leading.epoch, leading.holder),
+    )
+    if cursor.rowcount != 1:
+        raise NotLeader(
+            "lost the leadership of the database during the copy (another process took "
+            "it over): nothing was written"
+        )
 
 
 async def _columns(
@@ -251,91 +281,3 @@ async def _copy_table(
                 await copy.write_row(values)
             count += len(chunk)
     return count
-
-
-class _Leadership:
-    """The database's leadership, held for the copy as a daemon's leader holds it: the
-    session advisory lock on a dedicated connection, the `leadership` row naming us with a
-    lease renewed every third of it, and the fence run just before the copy commits."""
-
-    def __init__(
-        self, conn: psycopg.AsyncConnection[tuple[Any, ...]], holder: str, epoch: int, lease: float
-    ) -> None:
-        self._conn = conn
-        self.holder = holder
-        self.epoch = epoch
-        self._lease = lease
-
-    @classmethod
-    @contextlib.asynccontextmanager
-    async def hold(
-        cls, dsn: str, where: str, holder: str, lease: float
-    ) -> AsyncIterator[_Leadership]:
-        conn = await _connect(dsn, holder)
-        try:
-            await migrate(conn)
-            # Before leading: refusing a mirror must not even bump its epoch.
-            await _refuse_a_mirror(conn, where)
-            row = await (
-                await conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,))
-            ).fetchone()
-            if row is None or not row[0]:
-                current = await (
-                    await conn.execute("SELECT holder FROM leadership WHERE id = 1")
-                ).fetchone()
-                who = current[0] if current and current[0] else "another process"
-                raise NotLeader(
-                    f"{where} is led by {who}: stop the replicas using it before copying into it"
-                )
-            row = await (
-                await conn.execute(
-                    "UPDATE leadership SET epoch = epoch + 1, holder = %s, since = now(), "
-                    "expires_at = now() + make_interval(secs => %s) WHERE id = 1 RETURNING epoch",
-                    (holder, lease),
-                )
-            ).fetchone()
-            assert row is not None  # migrate() made the row
-            leading = cls(conn, holder, int(row[0]), lease)
-            renewal = asyncio.create_task(leading._renew())
-            try:
-                yield leading
-            finally:
-                renewal.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await renewal
-                with contextlib.suppress(psycopg.Error):
-                    # Successors need not wait for the lease to run out.
-                    await conn.execute(
-                        "UPDATE leadership SET expires_at = now() "
-                        "WHERE id = 1 AND epoch = %s AND holder = %s",
-                        (leading.epoch, holder),
-                    )
-        finally:
-            await conn.close()
-
-    async def _renew(self) -> None:
-        while True:
-            await asyncio.sleep(self._lease / 3)
-            try:
-                cursor = await self._conn.execute(
-                    "UPDATE leadership SET expires_at = now() + make_interval(secs => %s) "
-                    "WHERE id = 1 AND epoch = %s AND holder = %s",
-                    (self._lease, self.epoch, self.holder),
-                )
-            except psycopg.Error:
-                return  # deposed: the fence refuses the commit
-            if cursor.rowcount == 0:
-                return
-
-    async def fence(self, conn: psycopg.AsyncConnection[tuple[Any, ...]]) -> None:
-        """Inside the copy's transaction, just before it commits."""
-        cursor = await conn.execute(
-            "UPDATE leadership SET serial = serial + 1 "
-            "WHERE id = 1 AND epoch = %s AND holder = %s AND expires_at > now()",
-            (self.epoch, self.holder),
-        )
-        if cursor.rowcount == 0:
-            raise NotLeader(
-                "lost the leadership of the database during the copy (another process took "
-                "it over): nothing was written"
-            )
