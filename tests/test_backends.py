@@ -30,7 +30,7 @@ from sync.store import ListQuery, Reader, ServedItem, open_reader, open_store
 from sync.store.postgres.schema import SchemaTooNew
 from sync.store.postgres.writer import PostgresStore
 from tests.helpers import build_mirror, mirror_config, take_leadership
-from tests.test_query_forms import TERMS, extra_items
+from tests.test_query_forms import TERMS, extra_items, matches
 
 NAMESPACE = "io.github.mcp-subregistry"
 FUTURE = "2999-01-01T00:00:00.000000Z"
@@ -169,6 +169,19 @@ class TestParity:
                 await reader.close()
             answers.append(_normal(rows, stamps))
         assert answers[0] == answers[1], query
+
+    @pytest.mark.parametrize("term", TERMS)
+    async def test_every_search_term_finds_the_same_rows(self, pair: Pair, term: str) -> None:
+        """Each of the query-form suite's terms (case folding across scripts, literal `%`,
+        `_`, `\\` and quotes), paged to the end on each backend."""
+        found = []
+        for storage in (pair.sqlite, pair.postgres):
+            reader = await open_reader(storage, connections=1)
+            try:
+                found.append(await matches(reader, term))
+            finally:
+                await reader.close()
+        assert found[0] == found[1], term
 
     async def test_whole_view_and_single_reads_agree(self, pair: Pair) -> None:
         readers = [await open_reader(s) for s in (pair.sqlite, pair.postgres)]
@@ -495,3 +508,26 @@ class TestFailures:
             await open_store(StorageConfig(url=pg_dsn))
         reader = await open_reader(StorageConfig(url=pg_dsn))  # reads still work
         await reader.close()
+
+
+async def test_a_version_postgresql_cannot_store_is_quarantined(pg_dsn: str) -> None:
+    """PostgreSQL text cannot hold NUL: free text keeps a U+FFFD in its place, and an entry
+    whose key holds one is quarantined with its reason, never a failed page."""
+    store = await _leading(StorageConfig(url=pg_dsn))
+    good = Entry("io.x/a", "1.0.0", "{}", None, "active", "gone\0", None, None, None, "a\0b", b"1")
+    bad = good._replace(name="io.x/b", version="1.0\0")
+    try:
+        async with store.transaction():
+            counts, touched = await store.upsert_entries("official", [good, bad], sweep=1, now="t")
+        async with store.transaction():
+            [stored] = await store.entries_for(["io.x/a", "io.x/b"])
+    finally:
+        await store.close()
+    assert (counts.inserted, touched) == (1, {"io.x/a"})
+    assert (stored.description, stored.status_message) == ("a\ufffdb", "gone\ufffd")
+    reader = await open_reader(StorageConfig(url=pg_dsn))
+    try:
+        [held] = await reader.quarantine("official")
+    finally:
+        await reader.close()
+    assert held.key == "io.x/b@1.0\\u0000" and "NUL" in held.reason
