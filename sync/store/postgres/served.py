@@ -36,10 +36,13 @@ class ServedWrites:
         wanted = sorted(set(names))
         if not wanted:
             return {}
+        # One probe of the (view, name, version) index per name, whatever the statistics say
+        # (see `select_entries`).
         cursor = await self._conn.execute(
-            "SELECT name, version, entry_id, form FROM served "
-            "WHERE view = %s AND name = ANY(%s::text[])",
-            (view, wanted),
+            "SELECT s.name, s.version, s.entry_id, s.form FROM unnest(%s::text[]) AS k(name) "
+            "CROSS JOIN LATERAL (SELECT name, version, entry_id, form FROM served "
+            "WHERE view = %s AND name = k.name OFFSET 0) AS s",
+            (wanted, view),
         )
         return {
             (n, v): ExistingServed(entry_id, bytes(form))
