@@ -229,28 +229,35 @@ def _fields(query: ListQuery) -> dict[str, Any]:
 BIG = 50_000
 
 
-@pytest.fixture
-async def big(pg_dsn: str) -> StorageConfig:
-    """A served view of 50,000 versions, with statistics, as a planner sees a live mirror."""
-    storage = StorageConfig(url=pg_dsn)
+@pytest.fixture(scope="module")
+def big(pg_server: PgServer) -> Iterator[StorageConfig]:
+    """A served view of 50,000 versions, with statistics, as a planner sees a live mirror
+    (built once: these tests only read it)."""
+    with pg_server.database() as dsn:
+        storage = StorageConfig(url=dsn)
+        asyncio.run(_migrated(storage))
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(
+                "INSERT INTO entries (upstream, name, version, server, status, description, "
+                "digest, stored_at, first_seen_at) SELECT 'official', "
+                "'io.example/server-' || lpad(g::text, 6, '0'), '1.0.' || mod(g, 7), '{}', "
+                "'active', 'Tool number ' || md5(g::text), '\\x00', 'x', 'x' "
+                "FROM generate_series(1, %s) g",
+                (BIG,),
+            )
+            admin.execute(
+                "INSERT INTO served (view, name, version, entry_id, upstream, status, is_latest, "
+                "published_ts, updated_at, description, search_name, search_description, form, "
+                "meta) SELECT 'default', name, version, id, upstream, status, 1, 0, "
+                "'2025-01-01T00:00:00.' || lpad(id::text, 6, '0') || 'Z', description, "
+                "lower(name), lower(description), '\\x00', '{}' FROM entries"
+            )
+            admin.execute("ANALYZE")
+        yield storage
+
+
+async def _migrated(storage: StorageConfig) -> None:
     await (await PostgresStore.open(storage)).close()
-    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as admin:
-        await admin.execute(
-            "INSERT INTO entries (upstream, name, version, server, status, description, digest, "
-            "stored_at, first_seen_at) SELECT 'official', "
-            "'io.example/server-' || lpad(g::text, 6, '0'), '1.0.' || mod(g, 7), '{}', 'active', "
-            "'Tool number ' || md5(g::text), '\\x00', 'x', 'x' FROM generate_series(1, %s) g",
-            (BIG,),
-        )
-        await admin.execute(
-            "INSERT INTO served (view, name, version, entry_id, upstream, status, is_latest, "
-            "published_ts, updated_at, description, search_name, search_description, form, "
-            "meta) SELECT 'default', name, version, id, upstream, status, 1, 0, "
-            "'2025-01-01T00:00:00.' || lpad(id::text, 6, '0') || 'Z', description, "
-            "lower(name), lower(description), '\\x00', '{}' FROM entries"
-        )
-        await admin.execute("ANALYZE")
-    return storage
 
 
 async def _plan(storage: StorageConfig, query: ListQuery) -> str:
