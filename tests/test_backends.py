@@ -538,3 +538,22 @@ async def test_a_version_postgresql_cannot_store_is_quarantined(pg_dsn: str) -> 
     finally:
         await reader.close()
     assert held.key == "io.x/b@1.0\\u0000" and "NUL" in held.reason
+
+
+async def test_every_connection_is_named_after_its_holder(pg_dsn: str) -> None:
+    """A successor finds a stalled leader's backends (to terminate them) by this name."""
+    storage = StorageConfig(url=pg_dsn, pool_size=2)
+    store = await _leading(storage)
+    reader = await open_reader(storage)
+    try:
+        async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+            cursor = await conn.execute(
+                "SELECT application_name, count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name LIKE 'subregistry %%' "
+                "GROUP BY 1"
+            )
+            named = dict(await cursor.fetchall())
+    finally:
+        await reader.close()
+        await store.close()
+    assert named == {f"subregistry {store.holder}": 3}  # the writer and the two readers
