@@ -16,7 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from sync.errors import StoreError
 from sync.model import StoredEntry
-from sync.store.postgres.connect import holder_id, options, redact, short
+from sync.store.postgres.connect import connect, holder_id, options, redact, short
 from sync.store.postgres.entries import select_entries
 from sync.store.postgres.passes import select_states
 from sync.store.records import ListQuery, PassRecord, QuarantineRecord, ServedItem, UpstreamState
@@ -62,6 +62,9 @@ class PostgresReader:
         """A pool of `connections` (default `[storage] pool_size`) read-only connections,
         opened now so that an unreachable database fails here."""
         assert storage.url is not None
+        # One plain connection first: an unreachable database fails now, with the server's
+        # reason, rather than after the pool's timeout of retries.
+        await (await connect(storage.url, holder_id())).close()
         size = connections or storage.pool_size
         pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             storage.url,
