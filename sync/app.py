@@ -33,7 +33,6 @@ from sync.serve.cache import ResponseCache, SerialState, file_id
 from sync.serve.middleware import middlewares
 from sync.serve.ops import add_ops_routes
 from sync.store import open_reader, open_store
-from sync.store.postgres.leader import connect, current, holder_id
 from sync.store.sqlite.reader import SqliteReader
 
 __all__ = ["WRITING", "create_app"]
@@ -165,6 +164,9 @@ async def _pg_reader_ctx(app: web.Application) -> AsyncIterator[None]:
     storage = app[CONFIG].storage
     assert storage.url is not None
     url, serial = storage.url, app[SERIAL]
+    # Imported here: a SQLite daemon never loads the PostgreSQL driver.
+    from sync.store.postgres.leader import connect, current, holder_id  # noqa: PLC0415
+
     reader = await open_reader(storage, connections=storage.pool_size)
     app[READER] = reader
     conn: list[Any] = []

@@ -24,10 +24,9 @@ if not HAVE_PSYCOPG:
 import psycopg
 
 from sync.config import StorageConfig
-from sync.errors import NotLeader, StoreError
+from sync.errors import NotLeader, SchemaTooNew, StoreError
 from sync.model import OFFICIAL, Entry, ServedRow
 from sync.store import ListQuery, Reader, ServedItem, open_reader, open_store
-from sync.store.postgres.schema import SchemaTooNew
 from sync.store.postgres.writer import PostgresStore
 from tests.helpers import build_mirror, mirror_config, take_leadership
 from tests.test_query_forms import TERMS, extra_items, matches
