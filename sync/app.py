@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -33,7 +32,6 @@ from sync.serve.cache import ResponseCache, SerialState, file_id
 from sync.serve.middleware import middlewares
 from sync.serve.ops import add_ops_routes
 from sync.store import open_reader, open_store
-from sync.store.postgres.leader import connect, current, holder_id
 from sync.store.sqlite.reader import SqliteReader
 
 __all__ = ["WRITING", "create_app"]
@@ -164,18 +162,14 @@ async def _pg_reader_ctx(app: web.Application) -> AsyncIterator[None]:
     """The readers, and the poller of the change serial that the response cache goes by."""
     storage = app[CONFIG].storage
     assert storage.url is not None
-    url, serial = storage.url, app[SERIAL]
+    serial = app[SERIAL]
     reader = await open_reader(storage, connections=storage.pool_size)
     app[READER] = reader
-    conn: list[Any] = []
 
     async def read() -> int:
-        if not conn or conn[0].closed or conn[0].broken:
-            for old in conn:
-                with contextlib.suppress(Exception):
-                    await old.close()
-            conn[:] = [await connect(url, holder_id(), statement_timeout=serial.refresh / 2)]
-        return (await current(conn[0])).serial
+        value = await reader.change_serial()
+        assert value is not None  # a PostgreSQL reader always has one
+        return value
 
     poller = asyncio.create_task(serial.poll(read), name="cache-serial")
     try:
@@ -184,9 +178,6 @@ async def _pg_reader_ctx(app: web.Application) -> AsyncIterator[None]:
         poller.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await poller
-        for old in conn:
-            with contextlib.suppress(Exception):
-                await old.close()
         await reader.close()
 
 

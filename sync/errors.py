@@ -6,8 +6,10 @@ __all__ = [
     "BadResponse",
     "ConfigError",
     "MalformedListing",
+    "NotLeader",
     "PermanentUpstreamError",
     "RateLimited",
+    "SchemaTooNew",
     "StoreError",
     "StoreLocked",
     "TransientUpstreamError",
@@ -26,6 +28,10 @@ class StoreError(Exception):
 
 class StoreLocked(StoreError):
     """Another process already holds the writer lock on this mirror file."""
+
+
+class SchemaTooNew(StoreError):
+    """The database was migrated by a newer release: reading is fine, writing is not."""
 
 
 class NotLeader(StoreError):

@@ -21,7 +21,7 @@ import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import structlog
 from aiohttp import web
@@ -29,12 +29,13 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from sync.config import Config
-from sync.errors import NotLeader, StoreError
+from sync.errors import NotLeader, SchemaTooNew, StoreError
 from sync.pull.engine import Engine
 from sync.serve.api import CLOCK, CONFIG, LIVE, METRICS, VIEW
 from sync.store import Store, open_store
-from sync.store.postgres.leader import Leadership
-from sync.store.postgres.schema import SchemaTooNew
+
+if TYPE_CHECKING:
+    from sync.store.postgres.leader import Leadership
 
 __all__ = ["WRITING", "Writing", "pg_writer_ctx", "schedule", "start_writing", "stop_writing"]
 
@@ -187,6 +188,9 @@ async def pg_writer_ctx(app: web.Application) -> AsyncIterator[None]:
 
     async def deposed(reason: str) -> None:
         await _deposed(app, leads)
+
+    # Imported here: a SQLite daemon never loads the PostgreSQL driver.
+    from sync.store.postgres.leader import Leadership  # noqa: PLC0415
 
     leadership = Leadership(
         storage.url, lease=storage.lease, holder=leads.holder, elected=elected, deposed=deposed

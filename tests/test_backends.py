@@ -24,13 +24,12 @@ if not HAVE_PSYCOPG:
 import psycopg
 
 from sync.config import StorageConfig
-from sync.errors import NotLeader, StoreError
+from sync.errors import NotLeader, SchemaTooNew, StoreError
 from sync.model import OFFICIAL, Entry, ServedRow
 from sync.store import ListQuery, Reader, ServedItem, open_reader, open_store
-from sync.store.postgres.schema import SchemaTooNew
 from sync.store.postgres.writer import PostgresStore
 from tests.helpers import build_mirror, mirror_config, take_leadership
-from tests.test_query_forms import TERMS, extra_items
+from tests.test_query_forms import TERMS, extra_items, matches
 
 NAMESPACE = "io.github.mcp-subregistry"
 FUTURE = "2999-01-01T00:00:00.000000Z"
@@ -170,6 +169,19 @@ class TestParity:
             answers.append(_normal(rows, stamps))
         assert answers[0] == answers[1], query
 
+    @pytest.mark.parametrize("term", TERMS)
+    async def test_every_search_term_finds_the_same_rows(self, pair: Pair, term: str) -> None:
+        """Each of the query-form suite's terms (case folding across scripts, literal `%`,
+        `_`, `\\` and quotes), paged to the end on each backend."""
+        found = []
+        for storage in (pair.sqlite, pair.postgres):
+            reader = await open_reader(storage, connections=1)
+            try:
+                found.append(await matches(reader, term))
+            finally:
+                await reader.close()
+        assert found[0] == found[1], term
+
     async def test_whole_view_and_single_reads_agree(self, pair: Pair) -> None:
         readers = [await open_reader(s) for s in (pair.sqlite, pair.postgres)]
         try:
@@ -216,28 +228,35 @@ def _fields(query: ListQuery) -> dict[str, Any]:
 BIG = 50_000
 
 
-@pytest.fixture
-async def big(pg_dsn: str) -> StorageConfig:
-    """A served view of 50,000 versions, with statistics, as a planner sees a live mirror."""
-    storage = StorageConfig(url=pg_dsn)
+@pytest.fixture(scope="module")
+def big(pg_server: PgServer) -> Iterator[StorageConfig]:
+    """A served view of 50,000 versions, with statistics, as a planner sees a live mirror
+    (built once: these tests only read it)."""
+    with pg_server.database() as dsn:
+        storage = StorageConfig(url=dsn)
+        asyncio.run(_migrated(storage))
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(
+                "INSERT INTO entries (upstream, name, version, server, status, description, "
+                "digest, stored_at, first_seen_at) SELECT 'official', "
+                "'io.example/server-' || lpad(g::text, 6, '0'), '1.0.' || mod(g, 7), '{}', "
+                "'active', 'Tool number ' || md5(g::text), '\\x00', 'x', 'x' "
+                "FROM generate_series(1, %s) g",
+                (BIG,),
+            )
+            admin.execute(
+                "INSERT INTO served (view, name, version, entry_id, upstream, status, is_latest, "
+                "published_ts, updated_at, description, search_name, search_description, form, "
+                "meta) SELECT 'default', name, version, id, upstream, status, 1, 0, "
+                "'2025-01-01T00:00:00.' || lpad(id::text, 6, '0') || 'Z', description, "
+                "lower(name), lower(description), '\\x00', '{}' FROM entries"
+            )
+            admin.execute("ANALYZE")
+        yield storage
+
+
+async def _migrated(storage: StorageConfig) -> None:
     await (await PostgresStore.open(storage)).close()
-    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as admin:
-        await admin.execute(
-            "INSERT INTO entries (upstream, name, version, server, status, description, digest, "
-            "stored_at, first_seen_at) SELECT 'official', "
-            "'io.example/server-' || lpad(g::text, 6, '0'), '1.0.' || mod(g, 7), '{}', 'active', "
-            "'Tool number ' || md5(g::text), '\\x00', 'x', 'x' FROM generate_series(1, %s) g",
-            (BIG,),
-        )
-        await admin.execute(
-            "INSERT INTO served (view, name, version, entry_id, upstream, status, is_latest, "
-            "published_ts, updated_at, description, search_name, search_description, form, "
-            "meta) SELECT 'default', name, version, id, upstream, status, 1, 0, "
-            "'2025-01-01T00:00:00.' || lpad(id::text, 6, '0') || 'Z', description, "
-            "lower(name), lower(description), '\\x00', '{}' FROM entries"
-        )
-        await admin.execute("ANALYZE")
-    return storage
 
 
 async def _plan(storage: StorageConfig, query: ListQuery) -> str:
@@ -495,3 +514,45 @@ class TestFailures:
             await open_store(StorageConfig(url=pg_dsn))
         reader = await open_reader(StorageConfig(url=pg_dsn))  # reads still work
         await reader.close()
+
+
+async def test_a_version_postgresql_cannot_store_is_quarantined(pg_dsn: str) -> None:
+    """PostgreSQL text cannot hold NUL: free text keeps a U+FFFD in its place, and an entry
+    whose key holds one is quarantined with its reason, never a failed page."""
+    store = await _leading(StorageConfig(url=pg_dsn))
+    good = Entry("io.x/a", "1.0.0", "{}", None, "active", "gone\0", None, None, None, "a\0b", b"1")
+    bad = good._replace(name="io.x/b", version="1.0\0")
+    try:
+        async with store.transaction():
+            counts, touched = await store.upsert_entries("official", [good, bad], sweep=1, now="t")
+        async with store.transaction():
+            [stored] = await store.entries_for(["io.x/a", "io.x/b"])
+    finally:
+        await store.close()
+    assert (counts.inserted, touched) == (1, {"io.x/a"})
+    assert (stored.description, stored.status_message) == ("a\ufffdb", "gone\ufffd")
+    reader = await open_reader(StorageConfig(url=pg_dsn))
+    try:
+        [held] = await reader.quarantine("official")
+    finally:
+        await reader.close()
+    assert held.key == "io.x/b@1.0\\u0000" and "NUL" in held.reason
+
+
+async def test_every_connection_is_named_after_its_holder(pg_dsn: str) -> None:
+    """A successor finds a stalled leader's backends (to terminate them) by this name."""
+    storage = StorageConfig(url=pg_dsn, pool_size=2)
+    store = await _leading(storage)
+    reader = await open_reader(storage)
+    try:
+        async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+            cursor = await conn.execute(
+                "SELECT application_name, count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name LIKE 'subregistry %%' "
+                "GROUP BY 1"
+            )
+            named = dict(await cursor.fetchall())
+    finally:
+        await reader.close()
+        await store.close()
+    assert named == {f"subregistry {store.holder}": 3}  # the writer and the two readers

@@ -16,10 +16,10 @@ from sync.config import config_from_mapping
 from sync.metrics import Metrics
 from sync.pull.engine import Engine
 from sync.serve.cache import ResponseCache
-from sync.store.sqlite.reader import SqliteReader
+from sync.store import open_reader
 from sync.store.sqlite.writer import SqliteStore
 from tests.fake_upstream import FakeRegistry
-from tests.helpers import no_sleep, official, served
+from tests.helpers import BOTH_BACKENDS, no_sleep, official, open_writer, served
 
 
 def _facts(mirror: dict[tuple[str, str], dict[str, Any]]) -> dict[Any, Any]:
@@ -29,13 +29,16 @@ def _facts(mirror: dict[tuple[str, str], dict[str, Any]]) -> dict[Any, Any]:
     }
 
 
+# The second mirror is stored on each backend; the first is served by the app (SQLite).
+@BOTH_BACKENDS
 async def test_second_mirror_follows_the_first(
-    tmp_path: Path, fake: FakeRegistry, fake_url: str
+    tmp_path: Path, fake: FakeRegistry, fake_url: str, storage_section: dict[str, Any]
 ) -> None:
     def config(name: str, url: str) -> Any:
+        storage = storage_section if name == "second" else {"path": str(tmp_path / "first.db")}
         return config_from_mapping(
             {
-                "storage": {"path": str(tmp_path / f"{name}.db")},
+                "storage": storage,
                 "upstreams": [{"name": "up", "url": url, "page_delay": 0, "overlap": 0}],
             }
         )
@@ -47,9 +50,9 @@ async def test_second_mirror_follows_the_first(
     api = TestServer(create_app(first_config, sync=False))
     await api.start_server()
     second_config = config("second", str(api.make_url("")).rstrip("/"))
-    second_store = await SqliteStore.open(second_config.storage.path)
+    second_store = await open_writer(second_config.storage)
     second = Engine(second_config, second_store, Metrics(), sleep=no_sleep)
-    readers = [await SqliteReader.open(c.storage.path) for c in (first_config, second_config)]
+    readers = [await open_reader(c.storage) for c in (first_config, second_config)]
     try:
         result = await second.run("up")
         assert (result.outcome, result.mode, result.counts.inserted) == ("ok", "full", 2628)

@@ -15,7 +15,8 @@ if not HAVE_PSYCOPG:
 
 import psycopg
 
-from sync.store.postgres.schema import MIGRATIONS, SchemaTooNew, migrate
+from sync.errors import SchemaTooNew
+from sync.store.postgres.schema import MIGRATIONS, migrate
 
 
 async def _connect(dsn: str) -> psycopg.AsyncConnection[Any]:

@@ -7,11 +7,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
-
-from sync.config import DEFAULT_VIEW, Config, StorageConfig
+from sync.config import DEFAULT_VIEW, Config
 from sync.store import Reader, records
-from sync.store.postgres.leader import connect, current, holder_id
 
 __all__ = ["collect", "render"]
 
@@ -33,7 +30,7 @@ async def collect(config: Config, reader: Reader) -> dict[str, Any]:
         "rule_hits": await reader.rule_hits(DEFAULT_VIEW),
     }
     if config.storage.postgres:
-        report["leader"] = await leader(config.storage)
+        report["leader"] = await leader(reader)
     for upstream in config.upstreams:
         state = states.get(upstream.name, records.UpstreamState(upstream.name))
         kept, removed = held.get(upstream.name, (0, 0))
@@ -82,30 +79,22 @@ async def collect(config: Config, reader: Reader) -> dict[str, Any]:
     return report
 
 
-async def leader(storage: StorageConfig) -> dict[str, Any]:
+async def leader(reader: Reader) -> dict[str, Any]:
     """Who leads a PostgreSQL store now: holder, since, epoch and until when the lease runs
     (`leading` false: nobody does, the last holder's lease ran out or it resigned)."""
-    assert storage.url is not None
-    try:
-        conn = await connect(storage.url, holder_id(), statement_timeout=storage.lease)
-    except psycopg.Error as exc:
-        return {"error": str(exc).strip().splitlines()[0] if str(exc).strip() else "unreachable"}
-    try:
-        row = await current(conn)
-    except psycopg.Error as exc:
-        return {"error": str(exc).strip().splitlines()[0] if str(exc).strip() else "failed"}
-    finally:
-        await conn.close()
+    row = await reader.leader()
+    if row is None:
+        return {}
 
     def stamp(moment: datetime | None) -> str | None:
         return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
 
     return {
-        "leading": not row.expired,
+        "leading": row.leading,
         "holder": row.holder,
         "epoch": row.epoch,
         "since": stamp(row.since),
-        "lease_until": stamp(row.expires_at),
+        "lease_until": stamp(row.lease_until),
         "serial": row.serial,
     }
 

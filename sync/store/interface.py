@@ -18,6 +18,7 @@ from typing import Protocol
 
 from sync.model import Entry, ExistingServed, Rejected, ServedRow, StoredEntry
 from sync.store.records import (
+    LeaderRecord,
     ListQuery,
     PassCounts,
     PassRecord,
@@ -146,3 +147,10 @@ class Reader(Protocol):
     async def quarantine(self, upstream: str | None = None) -> list[QuarantineRecord]: ...
     async def quarantine_counts(self) -> dict[str, int]: ...
     async def rule_hits(self, view: str) -> dict[str, int]: ...
+    async def leader(self) -> LeaderRecord | None:
+        """Who leads a shared store (None for a store that one process owns)."""
+
+    async def change_serial(self) -> int | None:
+        """A number every commit changes, read cheaply (None: the store has another way to
+        tell, such as SQLite's file stats); on its own connection, so a busy pool never
+        delays it."""

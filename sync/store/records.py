@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import NamedTuple
 
 __all__ = [
+    "LeaderRecord",
     "ListQuery",
     "PassCounts",
     "PassRecord",
@@ -108,3 +110,16 @@ class ListQuery:
     updated_since: str | None = None
     version: str | None = None
     include_deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderRecord:
+    """Who writes a shared store, as the database says now (`leading` false: nobody does; the
+    last holder resigned or its lease ran out)."""
+
+    leading: bool
+    holder: str | None
+    epoch: int
+    since: datetime | None
+    lease_until: datetime | None
+    serial: int

@@ -11,11 +11,9 @@ import pytest
 from sync.config import Config
 from sync.metrics import Metrics
 from sync.pull.engine import Engine
-from sync.store import Store
-from sync.store.sqlite.reader import SqliteReader
-from sync.store.sqlite.writer import SqliteStore
+from sync.store import Store, open_reader
 from tests.fake_upstream import FakeRegistry
-from tests.helpers import assert_mirrors, served
+from tests.helpers import assert_mirrors, open_writer, served
 
 
 class Waits:
@@ -48,7 +46,7 @@ def build_engine(
 
     async def build(**upstream: Any) -> Engine:
         config = make_config({"name": "official", "url": fake_url, **upstream})
-        store = await SqliteStore.open(config.storage.path)
+        store = await open_writer(config.storage)
         engine = Engine(
             config, store, Metrics(), sleep=waits, backoff=(0.5, 8.0), monotonic=waits.clock
         )
@@ -68,9 +66,9 @@ async def engines(build_engine: Any) -> AsyncIterator[Any]:
 
 
 async def check_truth(engine: Engine, fake: FakeRegistry) -> None:
-    """Nothing lost, nothing corrupted: the served view equals upstream, the file is sound."""
+    """Nothing lost, nothing corrupted: the served view equals upstream, the store is sound."""
     assert await engine.store.integrity_check() == "ok"
-    reader = await SqliteReader.open(engine.store.path)
+    reader = await open_reader(engine.config.storage)
     try:
         assert_mirrors(await served(reader), fake)
     finally:

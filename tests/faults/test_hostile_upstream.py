@@ -26,11 +26,13 @@ from sync.metrics import Metrics
 from sync.pull.engine import Engine
 from sync.pull.upstream import origin
 from sync.pull.wire import parse_page
+from sync.store import open_reader
 from sync.store.sqlite.reader import SqliteReader
 from sync.store.sqlite.writer import SqliteStore
 from tests.fake_upstream import OFFICIAL, FakeRegistry
 from tests.faults.conftest import check_truth
 from tests.helpers import (
+    BOTH_BACKENDS,
     assert_mirrors,
     latest_by_name,
     mirror_config,
@@ -82,7 +84,7 @@ async def failed_without_moving(engine: Engine, reason: str) -> None:
         state = await engine.store.state("official")
     assert state.failures == 1 and reason in (state.last_error or "")
     assert state.checkpoint is None
-    reader = await SqliteReader.open(engine.store.path)
+    reader = await open_reader(engine.config.storage)
     try:
         [record] = await reader.passes("official")
     finally:
@@ -90,6 +92,7 @@ async def failed_without_moving(engine: Engine, reason: str) -> None:
     assert record.outcome == "failed" and reason in (record.error or "")
 
 
+@BOTH_BACKENDS
 class TestEveryPassTerminates:
     @pytest.mark.parametrize("length", [1, 2, 5])
     async def test_a_cycle_of_any_length_fails_the_pass(
@@ -182,6 +185,7 @@ POISONS = {
 
 
 class TestContentNeverCrashesAPass:
+    @BOTH_BACKENDS
     @pytest.mark.parametrize("poison", list(POISONS), ids=list(POISONS))
     async def test_one_poison_entry_and_everything_around_it(
         self, engines: Any, fake: Hostile, poison: str
@@ -192,7 +196,7 @@ class TestContentNeverCrashesAPass:
         result = await engine.run("official")
         assert result.outcome == "ok", result.error
         assert await engine.store.integrity_check() == "ok"
-        reader = await SqliteReader.open(engine.store.path)
+        reader = await open_reader(engine.config.storage)
         try:
             quarantined = await reader.quarantine("official")
             mirror = await served(reader)
@@ -259,6 +263,7 @@ class TestContentNeverCrashesAPass:
                 await store.close()
 
 
+@BOTH_BACKENDS
 class TestOneBadEntryNeverBlocksTheRest:
     async def test_a_page_the_upstream_cannot_render_is_narrowed_round_the_entry(
         self, engines: Any, fake: Hostile, waits: Any
@@ -284,7 +289,7 @@ class TestOneBadEntryNeverBlocksTheRest:
         assert f"after cursor {':'.join(keys[149])!r} cannot be read even alone" in (
             result.error or ""
         )
-        reader = await SqliteReader.open(engine.store.path)
+        reader = await open_reader(engine.config.storage)
         try:
             mirror = await served(reader)
             stored = await reader.entries_for({name for name, _ in keys})
@@ -305,7 +310,7 @@ class TestOneBadEntryNeverBlocksTheRest:
         engine = await engines(max_response_bytes=64 * 1024, retries=1)
         result = await engine.run("official")
         assert result.outcome == "ok", result.error
-        reader = await SqliteReader.open(engine.store.path)
+        reader = await open_reader(engine.config.storage)
         try:
             [record] = await reader.quarantine("official")
             mirror = await served(reader)
@@ -315,6 +320,7 @@ class TestOneBadEntryNeverBlocksTheRest:
         assert set(mirror) == set(fake.rows) - {(name, version)}
 
 
+@BOTH_BACKENDS
 class TestRemovalNeedsAgreement:
     async def test_a_listing_that_ends_early_withdraws_nothing(
         self, engines: Any, fake: Hostile
@@ -323,7 +329,7 @@ class TestRemovalNeedsAgreement:
         60 %: nothing is withdrawn; a complete pass after it clears the marks."""
         engine = await engines()
         assert (await engine.run("official")).outcome == "ok"
-        reader = await SqliteReader.open(engine.store.path)
+        reader = await open_reader(engine.config.storage)
         before = await served(reader)
 
         def stale(count: int, query: dict[str, str], body: str) -> str:
@@ -349,7 +355,7 @@ class TestRemovalNeedsAgreement:
         await engine.run("official")
         key = sorted(fake.rows)[500]
         row = fake.rows.pop(key)
-        reader = await SqliteReader.open(engine.store.path)
+        reader = await open_reader(engine.config.storage)
         try:
             await engine.run("official", full=True)
             assert official((await served(reader))[key])["status"] == "active"
@@ -424,7 +430,7 @@ class TestCredentialsStayWithTheirOrigin:
 
 
 async def _served(engine: Engine) -> dict[tuple[str, str], dict[str, Any]]:
-    reader = await SqliteReader.open(engine.store.path)
+    reader = await open_reader(engine.config.storage)
     try:
         return await served(reader)
     finally:

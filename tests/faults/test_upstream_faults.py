@@ -11,9 +11,10 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from sync.pull.upstream import parse_retry_after
-from sync.store.sqlite.reader import SqliteReader
+from sync.store import open_reader
 from tests.fake_upstream import FakeRegistry
 from tests.faults.conftest import Waits, check_truth
+from tests.helpers import BOTH_BACKENDS
 
 
 class TestTransient:
@@ -99,6 +100,7 @@ class TestTransient:
         await check_truth(down, fake)
 
 
+@BOTH_BACKENDS
 class TestBadContent:
     async def test_one_invalid_entry_is_quarantined(self, engines: Any, fake: FakeRegistry) -> None:
         engine = await engines()
@@ -124,7 +126,7 @@ class TestBadContent:
             3,
             2628,
         )
-        reader = await SqliteReader.open(engine.store.path)
+        reader = await open_reader(engine.config.storage)
         try:
             held = {q.key: (q.upstream, q.reason) for q in await reader.quarantine()}
             assert held["not a valid name@1.0.0"] == (
@@ -170,7 +172,7 @@ class TestBadContent:
 
         too_big = {k for k in fake.rows if alone(k) > 50_000}
         assert len(too_big) == 1  # the largest entry of the real catalogue (58.6 kB)
-        reader = await SqliteReader.open(engine.store.path)
+        reader = await open_reader(engine.config.storage)
         try:
             quarantined = {q.key for q in await reader.quarantine("official")}
         finally:
@@ -246,6 +248,7 @@ def _items(fake: FakeRegistry) -> list[dict[str, Any]]:
     return [{"server": r.server, "_meta": r.meta()} for r in fake.rows.values()]
 
 
+@BOTH_BACKENDS
 class TestLongOutage:
     async def test_down_for_many_passes_then_back(self, engines: Any, fake: FakeRegistry) -> None:
         """The circuit opens after failure_threshold passes, skips with a growing delay,

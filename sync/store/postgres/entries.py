@@ -61,9 +61,14 @@ async def select_entries(
     if not wanted:
         return []
     columns = ENTRY_COLUMNS if with_server else ENTRY_COLUMNS.replace(" server,", " '',")
+    columns = ", ".join(f"e.{c}" if c != "''" else c for c in columns.split(", "))
+    # One probe of the unique index per name, whatever the statistics say: a first sync
+    # outruns them, and a planner that guesses wrong scans the whole table on every page.
+    # (LATERAL with OFFSET 0 keeps the planner from turning the probes into a hash join.)
     cursor = await conn.execute(
-        f"SELECT {columns} FROM entries WHERE name = ANY(%s::text[]) "
-        "ORDER BY name, upstream, version",
+        f"SELECT {columns} FROM unnest(%s::text[]) AS k(name) CROSS JOIN LATERAL "
+        "(SELECT * FROM entries WHERE name = k.name OFFSET 0) AS e "
+        "ORDER BY e.name, e.upstream, e.version",
         (wanted,),
     )
     return [StoredEntry(*row) for row in await cursor.fetchall()]

@@ -8,6 +8,7 @@ substring, found through the pg_trgm GIN indexes. Every list is bounded by its p
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -16,10 +17,17 @@ from psycopg_pool import AsyncConnectionPool
 
 from sync.errors import StoreError
 from sync.model import StoredEntry
-from sync.store.postgres.connect import holder_id, options, redact, short
+from sync.store.postgres.connect import connect, holder_id, options, redact, short
 from sync.store.postgres.entries import select_entries
 from sync.store.postgres.passes import select_states
-from sync.store.records import ListQuery, PassRecord, QuarantineRecord, ServedItem, UpstreamState
+from sync.store.records import (
+    LeaderRecord,
+    ListQuery,
+    PassRecord,
+    QuarantineRecord,
+    ServedItem,
+    UpstreamState,
+)
 from sync.store.text import fold
 
 if TYPE_CHECKING:
@@ -56,12 +64,16 @@ class PostgresReader:
         self._pool = pool
         self._dsn = dsn
         self.sort_delta_max = sort_delta_max
+        self._serial_conn: Conn | None = None
 
     @classmethod
     async def open(cls, storage: StorageConfig, connections: int | None = None) -> PostgresReader:
         """A pool of `connections` (default `[storage] pool_size`) read-only connections,
         opened now so that an unreachable database fails here."""
         assert storage.url is not None
+        # One plain connection first: an unreachable database fails now, with the server's
+        # reason, rather than after the pool's timeout of retries.
+        await (await connect(storage.url, holder_id())).close()
         size = connections or storage.pool_size
         pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             storage.url,
@@ -80,6 +92,9 @@ class PostgresReader:
         return cls(pool, storage.url)
 
     async def close(self) -> None:
+        if self._serial_conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._serial_conn.close()
         await self._pool.close()
 
     async def _all(self, sql: str, params: tuple[object, ...] | list[object] = ()) -> list[Any]:
@@ -279,3 +294,26 @@ class PostgresReader:
     async def rule_hits(self, view: str) -> dict[str, int]:
         rows = await self._all("SELECT rule, hits FROM rule_hits WHERE view = %s", (view,))
         return {r[0]: int(r[1]) for r in rows}
+
+    # --- leadership -------------------------------------------------------------------------
+
+    async def leader(self) -> LeaderRecord | None:
+        rows = await self._all(
+            "SELECT expires_at > now(), holder, epoch, since, expires_at, serial "
+            "FROM leadership WHERE id = 1"
+        )
+        if not rows:
+            return LeaderRecord(False, None, 0, None, None, 0)
+        leading, holder, epoch, since, until, serial = rows[0]
+        return LeaderRecord(bool(leading), holder, int(epoch), since, until, int(serial))
+
+    async def change_serial(self) -> int | None:
+        conn = self._serial_conn
+        if conn is None or conn.closed or conn.broken:
+            conn = self._serial_conn = await connect(self._dsn, holder_id())
+        try:
+            cursor = await conn.execute("SELECT serial FROM leadership WHERE id = 1")
+            row = await cursor.fetchone()
+        except psycopg.Error as exc:
+            raise StoreError(f"{redact(self._dsn)}: {short(exc)}") from None
+        return int(row[0]) if row else 0

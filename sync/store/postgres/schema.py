@@ -16,17 +16,13 @@ from collections.abc import Sequence
 
 import psycopg
 
-from sync.errors import StoreError
+from sync.errors import SchemaTooNew
 
 __all__ = ["MIGRATIONS", "MIGRATION_LOCK", "SchemaTooNew", "migrate", "pending", "unknown"]
 
 # Advisory lock keys (one 64-bit space per database): the migration lock and the leader's.
 MIGRATION_LOCK = 0x5375_6252_6567_0001
 LEADER_LOCK = 0x5375_6252_6567_0002
-
-
-class SchemaTooNew(StoreError):
-    """The database was migrated by a newer release: reading is fine, writing is not."""
 
 
 MIGRATIONS: Sequence[tuple[str, str]] = (

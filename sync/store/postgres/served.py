@@ -36,10 +36,13 @@ class ServedWrites:
         wanted = sorted(set(names))
         if not wanted:
             return {}
+        # One probe of the (view, name, version) index per name, whatever the statistics say
+        # (see `select_entries`).
         cursor = await self._conn.execute(
-            "SELECT name, version, entry_id, form FROM served "
-            "WHERE view = %s AND name = ANY(%s::text[])",
-            (view, wanted),
+            "SELECT s.name, s.version, s.entry_id, s.form FROM unnest(%s::text[]) AS k(name) "
+            "CROSS JOIN LATERAL (SELECT name, version, entry_id, form FROM served "
+            "WHERE view = %s AND name = k.name OFFSET 0) AS s",
+            (wanted, view),
         )
         return {
             (n, v): ExistingServed(entry_id, bytes(form))
@@ -125,7 +128,9 @@ class ServedWrites:
 
     async def suspend_search_index(self) -> None:
         """Nothing to suspend: GIN's pending list (`fastupdate`) already batches a page's
-        index insertions, so the trigram index stays complete during a first sync."""
+        index insertions, so the trigram index stays complete during a first sync. Measured:
+        100,000 served rows in pages of 100 took 20.5 s with both trigram indexes kept up,
+        and 14.4 s + 5.6 s to build them afterwards: deferring would buy nothing."""
 
     async def rebuild_search_index(self) -> bool:
         """Never needed (see `suspend_search_index`)."""

@@ -17,7 +17,14 @@ import aiosqlite
 
 from sync.errors import StoreError
 from sync.model import StoredEntry
-from sync.store.records import ListQuery, PassRecord, QuarantineRecord, ServedItem, UpstreamState
+from sync.store.records import (
+    LeaderRecord,
+    ListQuery,
+    PassRecord,
+    QuarantineRecord,
+    ServedItem,
+    UpstreamState,
+)
 from sync.store.sqlite.queries import select_entries, select_states
 from sync.store.text import fold
 
@@ -312,3 +319,9 @@ class SqliteReader:
     async def rule_hits(self, view: str) -> dict[str, int]:
         rows = await self._all("SELECT rule, hits FROM rule_hits WHERE view = ?", (view,))
         return {r[0]: r[1] for r in rows}
+
+    async def leader(self) -> LeaderRecord | None:
+        return None  # one process owns a SQLite file: its lock says who
+
+    async def change_serial(self) -> int | None:
+        return None  # the file's stats tell (sync.serve.cache)
