@@ -40,7 +40,6 @@ from sync.serve.status import collect as collect_status
 from sync.serve.status import render as render_status
 from sync.store import PassCounts, Reader, Store, open_reader, open_store
 from sync.store.postgres.connect import redact, short
-from sync.store.postgres.copy import check_target, copy_mirror
 from sync.store.postgres.leader import held
 from sync.store.postgres.writer import PostgresStore
 
@@ -404,6 +403,9 @@ async def _export(config: Config, output: Path | None) -> int:
 
 
 async def _copy(config: Config, target: str) -> int:
+    # Imported here: commands on a SQLite mirror never load the PostgreSQL driver.
+    from sync.store.postgres.copy import check_target, copy_mirror  # noqa: PLC0415
+
     check_target(target)
     result = await copy_mirror(config.storage.path, target, lease=config.storage.lease)
     print(result.summary(), flush=True)

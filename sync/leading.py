@@ -121,7 +121,8 @@ async def stop_writing(app: web.Application, *, close: bool = True) -> None:
         engine.stop()
         grace = app[LIVE].config.api.stop_grace
         try:
-            await asyncio.wait_for(engine.idle(), grace)
+            async with asyncio.timeout(grace):
+                await engine.idle()
         except TimeoutError:
             log.warning("app.stop_grace_exceeded", seconds=grace)
     if scheduler is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from sync.pull.engine import Engine
 from sync.store import Reader, Store, open_reader
 from tests.fake_upstream import FakeRegistry
 from tests.helpers import build_mirror, no_sleep, open_writer, serving
-from tests.pg import pg_dsn, pg_server
+from tests.pg import PgServer, pg_dsn, pg_server
 
 DATA = Path(__file__).parent / "data"
 __all__ = ["pg_dsn", "pg_server"]  # fixtures for every test module (tests/pg.py)
@@ -143,3 +143,17 @@ def mirror_db(tmp_path_factory: pytest.TempPathFactory, catalogue: list[dict[str
     path = tmp_path_factory.mktemp("mirror") / "mirror.db"
     asyncio.run(build_mirror(path, catalogue))
     return path
+
+
+@pytest.fixture(scope="session")
+def pg_mirror(
+    pg_server: PgServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    catalogue: list[dict[str, Any]],
+) -> Iterator[str]:
+    """`mirror_db`'s twin in PostgreSQL, built once by the same engine; only served read-only
+    (`sync=False`), so tests share it."""
+    with pg_server.database() as url:
+        path = tmp_path_factory.mktemp("pg-mirror") / "unused.db"
+        asyncio.run(build_mirror(path, catalogue, storage_url=url))
+        yield url

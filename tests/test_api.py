@@ -17,18 +17,25 @@ from sync.app import create_app
 from sync.store import ListQuery
 from sync.store.sqlite.reader import SqliteReader
 from tests.fake_upstream import OFFICIAL
-from tests.helpers import DEPRECATED, MULTI, mirror_config
+from tests.helpers import BOTH_BACKENDS, DEPRECATED, MULTI, mirror_config
 
 BUILD = ("com.redpanda/docs-mcp", "2025.11.13+pr147-5d1f8b0")  # build metadata
 
 
 @pytest.fixture
-def make_client(tmp_path: Path, mirror_db: Path) -> Callable[..., Any]:
+def make_client(
+    tmp_path: Path, mirror_db: Path, backend: str, request: pytest.FixtureRequest
+) -> Callable[..., Any]:
+    """A client of the API over the shared mirror: a copy of the SQLite file, or the shared
+    PostgreSQL mirror (for the classes that run on both backends)."""
+    pg_url = request.getfixturevalue("pg_mirror") if backend == "postgres" else None
+
     async def make(**api: Any) -> TestClient[Any, Any]:
         path = tmp_path / "mirror.db"
-        if not path.exists():
+        if pg_url is None and not path.exists():
             shutil.copy(mirror_db, path)
-        client = TestClient(TestServer(create_app(mirror_config(path, **api), sync=False)))
+        config = mirror_config(path, storage_url=pg_url, **api)
+        client = TestClient(TestServer(create_app(config, sync=False)))
         await client.start_server()
         return client
 
@@ -68,6 +75,7 @@ def keys(items: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(i["server"]["name"], i["server"]["version"]) for i in items]
 
 
+@BOTH_BACKENDS
 class TestList:
     async def test_default_page(self, api: TestClient[Any, Any]) -> None:
         page = await get_json(api, "/v0.1/servers")
@@ -166,6 +174,7 @@ class TestList:
         assert exact and all(v == "1.0.0" for _, v in keys(exact))
 
 
+@BOTH_BACKENDS
 class TestUpdatedSince:
     async def test_strictly_after_and_includes_deleted(self, api: TestClient[Any, Any]) -> None:
         everything = await walk(api, "limit=100&include_deleted=true")
@@ -195,6 +204,7 @@ class TestUpdatedSince:
         assert "include_deleted=false" in body["detail"]
 
 
+@BOTH_BACKENDS
 class TestVersions:
     async def test_every_version_newest_first(self, api: TestClient[Any, Any]) -> None:
         body = await get_json(api, f"/v0.1/servers/{MULTI.replace('/', '%2F')}/versions")
@@ -239,6 +249,7 @@ class TestVersions:
         assert item["_meta"][OFFICIAL]["statusMessage"] == "superseded"
 
 
+@BOTH_BACKENDS
 class TestProtocol:
     @pytest.mark.parametrize(
         "path",

@@ -454,6 +454,24 @@ def test_a_serial_state_is_unknown_until_read_and_once_a_check_is_late() -> None
     assert state() is None
 
 
+async def test_a_poller_cancelled_as_its_read_completes_stops() -> None:
+    """The cancellation that stops a replica's poller may land just as a read finishes: it
+    must stop the poller all the same (on Python 3.11 `wait_for` swallowed it there, and the
+    app's shutdown waited for ever)."""
+    state = SerialState(0.05)
+    poller: asyncio.Task[None] | None = None
+
+    async def read() -> int:
+        assert poller is not None
+        poller.cancel()
+        return 1
+
+    poller = asyncio.create_task(state.poll(read))
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(5):
+            await poller
+
+
 def test_a_failing_check_makes_the_serial_unknown_and_caches_nothing() -> None:
     state = SerialState(1.0)
 

@@ -87,7 +87,10 @@ class SerialState:
         """Read the serial once; a failure (or a read slower than refresh/2) makes it unknown."""
         started = self._clock()
         try:
-            serial = await asyncio.wait_for(read(), self.refresh / 2)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+            # cancellation that arrives as the read completes, and the poller never stops.
+            async with asyncio.timeout(self.refresh / 2):
+                serial = await read()
         except Exception as exc:
             self._serial = None
             if not self._failing:

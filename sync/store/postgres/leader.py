@@ -222,15 +222,19 @@ class Leadership:
 
     async def _connection(self) -> Conn:
         if self._conn is None or self._conn.closed:
-            self._conn = await asyncio.wait_for(
-                connect(self.dsn, self.holder, statement_timeout=self.renew_every), self.lease
-            )
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+            # cancellation that arrives as the awaited call completes (stop() would hang).
+            async with asyncio.timeout(self.lease):
+                self._conn = await connect(
+                    self.dsn, self.holder, statement_timeout=self.renew_every
+                )
         return self._conn
 
     async def _query(self, query: str, params: tuple[Any, ...] = ()) -> psycopg.AsyncCursor[Any]:
         # The server's statement_timeout covers a slow query; this covers a silent network.
         conn = await self._connection()
-        return await asyncio.wait_for(conn.execute(query, params), self.renew_every + 1)
+        async with asyncio.timeout(self.renew_every + 1):
+            return await conn.execute(query, params)
 
     async def _attempt(self) -> bool:
         """One try at taking over; True when this process now leads."""
