@@ -183,6 +183,7 @@ SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
             "required": ["selector", "endpoints"],
             "additionalProperties": False,
             "properties": {
+                "jobLabel": {"type": "string"},
                 "selector": {
                     "type": "object",
                     "required": ["matchLabels"],
@@ -218,21 +219,21 @@ SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
 }
 
 
-def test_service_monitor_scrapes_the_service() -> None:
+@pytest.mark.parametrize("variant", ["subregistry.yaml", "subregistry-postgres.yaml"])
+def test_service_monitor_scrapes_the_service(variant: str) -> None:
+    """Either variant's Service is scraped, under the job the alerts watch."""
     [monitor] = manifest("servicemonitor.yaml")
     jsonschema.validate(monitor, SERVICE_MONITOR_SCHEMA)
-    service = one(manifest("subregistry.yaml"), "Service")
-    assert (
-        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
-    )
+    service = one(manifest(variant), "Service")
+    labels = service["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
     [endpoint] = monitor["spec"]["endpoints"]
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert endpoint["path"] == "/metrics"
-    # The operator names the job after the Service: the one SubregistryDown watches.
-    assert (
-        f'up{{job="{service["metadata"]["name"]}"}}'
-        in (DEPLOY / "prometheus/alerts.yml").read_text()
-    )
+    # The operator takes the job from the Service label `jobLabel` names (else the Service's
+    # name): it must be the job SubregistryDown watches.
+    job = labels.get(monitor["spec"].get("jobLabel", ""), service["metadata"]["name"])
+    assert f'up{{job="{job}"}}' in (DEPLOY / "prometheus/alerts.yml").read_text()
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(
             {**monitor, "spec": {**monitor["spec"], "endpoint": []}}, SERVICE_MONITOR_SCHEMA

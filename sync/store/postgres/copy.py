@@ -66,11 +66,17 @@ class CopyResult:
 
     def summary(self) -> str:
         c = self.counts
+
+        def n(count: int, one: str, many: str) -> str:
+            return f"{count} {one if count == 1 else many}"
+
         return (
-            f"copied {self.source} to {self.target}: {c['entries']} entries, "
-            f"{c['served']} served rows, {c['upstreams']} upstreams, {c['passes']} passes, "
-            f"{c['pass_pending']} pending names, {c['quarantine']} quarantined, "
-            f"{c['rule_hits']} rule hits, {c['settings']} settings in {self.seconds:.1f} s"
+            f"copied {self.source} to {self.target}: {n(c['entries'], 'entry', 'entries')}, "
+            f"{n(c['served'], 'served row', 'served rows')}, "
+            f"{n(c['upstreams'], 'upstream', 'upstreams')}, {n(c['passes'], 'pass', 'passes')}, "
+            f"{n(c['pass_pending'], 'pending name', 'pending names')}, "
+            f"{c['quarantine']} quarantined, {n(c['rule_hits'], 'rule hit', 'rule hits')}, "
+            f"{n(c['settings'], 'setting', 'settings')} in {self.seconds:.1f} s"
         )
 
 
