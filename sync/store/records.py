@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 __all__ = [
+    "PASS_COLUMNS",
     "LeaderRecord",
     "ListQuery",
     "PassCounts",
@@ -15,6 +17,7 @@ __all__ = [
     "ServedItem",
     "Sweep",
     "UpstreamState",
+    "export_rows",
 ]
 
 
@@ -73,6 +76,14 @@ class UpstreamState:
     pass_unordered: bool = False
 
 
+# The columns of `passes` a PassRecord is read from, in `PassRecord.from_row` order.
+PASS_COLUMNS = (
+    "id, upstream, mode, started_at, ended_at, outcome, pages, inserted, updated, unchanged, "
+    "removed, quarantined, error, checkpoint, resumed_from"
+)
+_PASS_COUNTS = ("pages", "inserted", "updated", "unchanged", "removed", "quarantined")
+
+
 @dataclass(frozen=True, slots=True)
 class PassRecord:
     id: int
@@ -85,6 +96,22 @@ class PassRecord:
     error: str | None = None
     checkpoint: str | None = None
     resumed_from: int | None = None
+
+    @classmethod
+    def from_row(cls, r: Sequence[Any]) -> PassRecord:
+        """A record from a row of `SELECT {PASS_COLUMNS} FROM passes`, on either backend."""
+        return cls(
+            id=r[0],
+            upstream=r[1],
+            mode=r[2],
+            started_at=r[3],
+            ended_at=r[4],
+            outcome=r[5],
+            counts={name: int(n) for name, n in zip(_PASS_COUNTS, r[6:12], strict=True)},
+            error=r[12],
+            checkpoint=r[13],
+            resumed_from=r[14],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,3 +150,18 @@ class LeaderRecord:
     since: datetime | None
     lease_until: datetime | None
     serial: int
+
+
+async def export_rows(
+    list_servers: Callable[[ListQuery], Awaitable[list[ServedItem]]], view: str, batch: int
+) -> AsyncIterator[ServedItem]:
+    """Every served row of `view`, deleted ones included, in batches of `batch` through a
+    reader's `list_servers`: memory bounded by a batch, on either backend."""
+    after: tuple[str, str] = ("", "")
+    while True:
+        rows = await list_servers(ListQuery(view, batch - 1, after=after, include_deleted=True))
+        for row in rows:
+            yield row
+        if len(rows) < batch:
+            return
+        after = (rows[-1][0], rows[-1][1])

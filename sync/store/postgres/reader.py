@@ -21,12 +21,14 @@ from sync.store.postgres.connect import connect, holder_id, options, redact, sho
 from sync.store.postgres.entries import select_entries
 from sync.store.postgres.passes import select_states
 from sync.store.records import (
+    PASS_COLUMNS,
     LeaderRecord,
     ListQuery,
     PassRecord,
     QuarantineRecord,
     ServedItem,
     UpstreamState,
+    export_rows,
 )
 from sync.store.text import fold
 
@@ -38,12 +40,7 @@ __all__ = ["PostgresReader", "like_pattern"]
 _ITEM = (
     "SELECT s.name, s.version, e.server, s.meta FROM served s JOIN entries e ON e.id = s.entry_id"
 )
-_PASS_COLUMNS = (
-    "id, upstream, mode, started_at, ended_at, outcome, pages, inserted, updated, unchanged, "
-    "removed, quarantined, error, checkpoint, resumed_from"
-)
 NUL = "\0"
-_COUNTS = ("pages", "inserted", "updated", "unchanged", "removed", "quarantined")
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 
 
@@ -208,16 +205,8 @@ class PostgresReader:
 
     async def export(self, view: str, batch: int = 500) -> AsyncIterator[ServedItem]:
         """Every served row, deleted ones included, in bounded batches."""
-        after: tuple[str, str] = ("", "")
-        while True:
-            rows = await self.list_servers(
-                ListQuery(view, batch - 1, after=after, include_deleted=True)
-            )
-            for row in rows:
-                yield row
-            if len(rows) < batch:
-                return
-            after = (rows[-1][0], rows[-1][1])
+        async for row in export_rows(self.list_servers, view, batch):
+            yield row
 
     async def served_counts(self, view: str) -> tuple[dict[str, int], int]:
         """Versions per served status, and names with a visible version."""
@@ -259,24 +248,10 @@ class PostgresReader:
     async def passes(self, upstream: str | None = None, limit: int = 10) -> list[PassRecord]:
         where, params = ("WHERE upstream = %s", (upstream,)) if upstream else ("", ())
         rows = await self._all(
-            f"SELECT {_PASS_COLUMNS} FROM passes {where} ORDER BY id DESC LIMIT %s",
+            f"SELECT {PASS_COLUMNS} FROM passes {where} ORDER BY id DESC LIMIT %s",
             (*params, limit),
         )
-        return [
-            PassRecord(
-                id=r[0],
-                upstream=r[1],
-                mode=r[2],
-                started_at=r[3],
-                ended_at=r[4],
-                outcome=r[5],
-                counts=dict(zip(_COUNTS, r[6:12], strict=True)),
-                error=r[12],
-                checkpoint=r[13],
-                resumed_from=r[14],
-            )
-            for r in rows
-        ]
+        return [PassRecord.from_row(r) for r in rows]
 
     async def quarantine(self, upstream: str | None = None) -> list[QuarantineRecord]:
         where, params = ("WHERE upstream = %s", (upstream,)) if upstream else ("", ())
