@@ -1,13 +1,14 @@
 """Full sync into PostgreSQL against a floor measured in the same run.
 
-    python bench/pg_sync.py [--versions N] [--dsn postgresql://…]
+    python bench/pg_sync.py [--versions N] [--dsn postgresql://…] [--profile]
 
 The floor fetches the same pages from the same upstream with aiohttp and inserts each raw item
 into one PostgreSQL table, one transaction per page: the least a mirror on that database can
 do. The figure is a real `subregistry sync --full` into an empty database. Target: >= 0.5x the
 floor. Both run against the same server: `--dsn` names one the bench may create databases in,
 else a throwaway cluster is started from the installed PostgreSQL binaries (as the test suite
-does: fsync off, for both). Results go to bench/out/pg_results.json.
+does: fsync off, for both). Results go to bench/out/pg_results.json. `--profile` then runs
+bench/profile_sync.py against another empty database: where the mirror's pass spends its time.
 """
 
 from __future__ import annotations
@@ -117,6 +118,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--versions", type=int, default=250_000)
     parser.add_argument("--dsn", help="a server to create the bench databases in")
+    parser.add_argument(
+        "--profile", action="store_true", help="then profile the same pass in-process"
+    )
     parser.add_argument("--floor", nargs=2, metavar=("URL", "DSN"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.floor:
@@ -151,6 +155,11 @@ def main() -> None:
             f"pg_full_sync: {rate:,.0f} versions/s ({rate / base:.2f}x the floor; target "
             f">= 0.5x), {wall:.1f} s, peak RSS {rss:.0f} MB, {event['inserted']} inserted"
         )
+        if args.profile:
+            with pg.database() as dsn:
+                config = pg_config(OUT / "bench-pg.toml", dsn, up, free_port())
+                profile = [PY, "bench/profile_sync.py", str(config), "bench"]
+                subprocess.run(profile, cwd=ROOT, check=True)
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     RESULTS.write_text(json.dumps({**previous, **results}, indent=2))
 

@@ -15,7 +15,7 @@ import psycopg
 from sync.model import Entry, Rejected, StoredEntry
 from sync.store.records import PassCounts, Sweep
 
-__all__ = ["ENTRY_COLUMNS", "EntryWrites", "select_entries"]
+__all__ = ["ENTRY_COLUMNS", "EntryWrites", "copy_rows", "select_entries"]
 
 ENTRY_COLUMNS = (
     "id, upstream, name, version, server, meta, status, status_message, status_changed_at, "
@@ -26,6 +26,15 @@ _FIELDS = (
     "upstream_updated_at, description, digest"
 )
 _TYPES = "text[], text[], text[], text[], text[], text[], text[], text[], bytea[]"
+
+_INSERT_COLUMNS = f"{_FIELDS}, name, version, upstream, stored_at, first_seen_at, seen_sweep".split(
+    ", "
+)
+_INSERT_TYPES = [
+    *(t.strip().removesuffix("[]") for t in _TYPES.split(",")),
+    *["text"] * 5,
+    "bigint",
+]
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 NUL, ESCAPED_NUL = "\0", "\\u0000"
@@ -66,7 +75,7 @@ async def select_entries(
     # outruns them, and a planner that guesses wrong scans the whole table on every page.
     # (LATERAL with OFFSET 0 keeps the planner from turning the probes into a hash join.)
     cursor = await conn.execute(
-        f"SELECT {columns} FROM unnest(%s::text[]) AS k(name) CROSS JOIN LATERAL "
+        f"SELECT {columns} FROM unnest(%b::text[]) AS k(name) CROSS JOIN LATERAL "
         "(SELECT * FROM entries WHERE name = k.name OFFSET 0) AS e "
         "ORDER BY e.name, e.upstream, e.version",
         (wanted,),
@@ -127,13 +136,30 @@ class EntryWrites:
                 updates.append((*values, entry_id))
                 touched.add(entry.name)
         if inserts:
-            await self._conn.execute(
-                f"INSERT INTO entries ({_FIELDS}, name, version, upstream, stored_at, "
-                "first_seen_at, seen_sweep) "
-                f"SELECT *, %s, %s, %s, %s FROM unnest({_placeholders(_TYPES)}, "
-                "%s::text[], %s::text[])",
-                (upstream, now, now, sweep, *_columns(inserts)),
+            # Keys the lookup did not find: COPY writes them without an array to build.
+            await copy_rows(
+                self._conn,
+                "entries",
+                _INSERT_COLUMNS,
+                _INSERT_TYPES,
+                [(*row, upstream, now, now, sweep) for row in inserts],
             )
+        # The other writes need no answer: sent together, they cost one round trip.
+        async with self._conn.pipeline():
+            await self._write(sweep, now, updates, unchanged)
+            keys = [f"{name}@{version}" for name, version in latest]
+            await self._conn.execute(
+                "DELETE FROM quarantine WHERE upstream = %s AND key = ANY(%b::text[])",
+                (upstream, keys),
+            )
+        counts.repeated += len(entries) - len(latest) - len(unkeyable)
+        counts.inserted, counts.updated = len(inserts), len(updates)
+        counts.unchanged = len(entries) - len(inserts) - len(updates) - len(unkeyable)
+        return counts, touched
+
+    async def _write(
+        self, sweep: int, now: str, updates: Sequence[tuple[object, ...]], unchanged: list[int]
+    ) -> None:
         if updates:
             await self._conn.execute(
                 "UPDATE entries e SET server = u.server, meta = u.meta, status = u.status, "
@@ -141,24 +167,15 @@ class EntryWrites:
                 "published_at = u.published_at, upstream_updated_at = u.upstream_updated_at, "
                 "description = u.description, digest = u.digest, stored_at = %s, "
                 "seen_sweep = %s, removed_at = NULL, missed = 0 "
-                f"FROM unnest({_placeholders(_TYPES)}, %s::bigint[]) "
+                f"FROM unnest({_placeholders(_TYPES)}, %b::bigint[]) "
                 f"AS u({_FIELDS}, id) WHERE e.id = u.id",
                 (now, sweep, *_columns(updates)),
             )
         if unchanged:
             await self._conn.execute(
-                "UPDATE entries SET seen_sweep = %s, missed = 0 WHERE id = ANY(%s::bigint[])",
+                "UPDATE entries SET seen_sweep = %s, missed = 0 WHERE id = ANY(%b::bigint[])",
                 (sweep, unchanged),
             )
-        counts.repeated += len(entries) - len(latest) - len(unkeyable)
-        counts.inserted, counts.updated = len(inserts), len(updates)
-        counts.unchanged = len(entries) - len(inserts) - len(updates) - len(unkeyable)
-        keys = [f"{name}@{version}" for name, version in latest]
-        await self._conn.execute(
-            "DELETE FROM quarantine WHERE upstream = %s AND key = ANY(%s::text[])",
-            (upstream, keys),
-        )
-        return counts, touched
 
     async def _known(
         self, upstream: str, keys: Sequence[tuple[str, str]]
@@ -167,8 +184,9 @@ class EntryWrites:
         so a page costs the same whether its name has 3 stored versions or 10,000."""
         cursor = await self._conn.execute(
             "SELECT e.name, e.version, e.id, e.digest, e.removed_at, e.seen_sweep "
-            "FROM unnest(%s::text[], %s::text[]) AS k(name, version) "
-            "JOIN entries e ON e.name = k.name AND e.upstream = %s AND e.version = k.version",
+            "FROM unnest(%b::text[], %b::text[]) AS k(name, version) CROSS JOIN LATERAL "
+            "(SELECT * FROM entries WHERE name = k.name AND upstream = %s "
+            "AND version = k.version OFFSET 0) AS e",
             ([name for name, _ in keys], [version for _, version in keys], upstream),
         )
         return {
@@ -191,7 +209,7 @@ class EntryWrites:
         }
         await self._conn.execute(
             "INSERT INTO quarantine (upstream, key, reason, raw, first_seen, last_seen) "
-            "SELECT %s, k, r, w, %s, %s FROM unnest(%s::text[], %s::text[], %s::text[]) "
+            "SELECT %s, k, r, w, %s, %s FROM unnest(%b::text[], %b::text[], %b::text[]) "
             "AS q(k, r, w) ON CONFLICT (upstream, key) DO UPDATE SET "
             "reason = excluded.reason, raw = excluded.raw, last_seen = excluded.last_seen",
             (
@@ -262,6 +280,25 @@ class EntryWrites:
         return [str(row[0]) for row in await cursor.fetchall()]
 
 
+async def copy_rows(
+    conn: Conn,
+    table: str,
+    columns: Sequence[str],
+    types: Sequence[str],
+    rows: Iterable[Sequence[object]],
+) -> None:
+    """Append rows to a table with binary COPY: each value is sent as it is, with none of
+    the per-element work of building an array parameter, and no row goes through the
+    executor one statement at a time."""
+    async with (
+        conn.cursor() as cursor,
+        cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy,
+    ):
+        copy.set_types(list(types))
+        for row in rows:
+            await copy.write_row(row)
+
+
 def _placeholders(types: str) -> str:
-    """`%s::text[], …` for a list of array types."""
-    return ", ".join(f"%s::{t.strip()}" for t in types.split(","))
+    """`%b::text[], …` for a list of array types."""
+    return ", ".join(f"%b::{t.strip()}" for t in types.split(","))

@@ -102,16 +102,19 @@ class PassWrites:
     ) -> None:
         """Checkpoint the cursor in the same transaction as the page it follows, with the
         listing order seen so far."""
+        # One statement, one round trip: it runs once a page.
         await self._conn.execute(
-            "UPDATE upstreams SET pass_cursor = %s, "
-            "pass_last_name = coalesce(%s, pass_last_name), pass_unordered = %s WHERE name = %s",
-            (cursor, last_name, unordered, upstream),
-        )
-        await self._conn.execute(
+            "WITH checkpoint AS (UPDATE upstreams SET pass_cursor = %s, "
+            "pass_last_name = coalesce(%s, pass_last_name), pass_unordered = %s "
+            "WHERE name = %s) "
             "UPDATE passes SET pages = pages + %s, inserted = inserted + %s, "
             "updated = updated + %s, unchanged = unchanged + %s, removed = removed + %s, "
             "quarantined = quarantined + %s WHERE id = %s",
             (
+                cursor,
+                last_name,
+                unordered,
+                upstream,
                 counts.pages,
                 counts.inserted,
                 counts.updated,
@@ -127,7 +130,7 @@ class PassWrites:
         listed = list(names)
         if listed:
             await self._conn.execute(
-                "INSERT INTO pass_pending (upstream, name) SELECT %s, unnest(%s::text[]) "
+                "INSERT INTO pass_pending (upstream, name) SELECT %s, unnest(%b::text[]) "
                 "ON CONFLICT DO NOTHING",
                 (upstream, listed),
             )
@@ -139,8 +142,10 @@ class PassWrites:
             ("AND name < %s ", (upstream, before, limit)) if before else ("", (upstream, limit))
         )
         cursor = await self._conn.execute(
-            "DELETE FROM pass_pending WHERE upstream = %s AND name IN ("
-            f"SELECT name FROM pass_pending WHERE upstream = %s {bound}ORDER BY name LIMIT %s) "
+            # The names are chosen once (an InitPlan) and matched by hash: a semi-join
+            # planned on a first sync's stale statistics compares every pair instead.
+            "DELETE FROM pass_pending WHERE upstream = %s AND name = ANY(ARRAY("
+            f"SELECT name FROM pass_pending WHERE upstream = %s {bound}ORDER BY name LIMIT %s)) "
             "RETURNING name",
             (upstream, *params),
         )

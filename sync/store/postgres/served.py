@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 
 from sync.model import ExistingServed, ServedRow
+from sync.store.postgres.entries import copy_rows
 from sync.store.text import fold
 
 __all__ = ["ServedWrites"]
@@ -20,6 +21,7 @@ _TYPES = (
     "text[]", "text[]", "text[]", "bigint[]", "text[]", "text[]", "integer[]",
     "double precision[]", "text[]", "text[]", "text[]", "text[]", "bytea[]", "text[]",
 )  # fmt: skip
+_COPY_TYPES = [t.removesuffix("[]") for t in _TYPES]
 
 
 class ServedWrites:
@@ -39,7 +41,7 @@ class ServedWrites:
         # One probe of the (view, name, version) index per name, whatever the statistics say
         # (see `select_entries`).
         cursor = await self._conn.execute(
-            "SELECT s.name, s.version, s.entry_id, s.form FROM unnest(%s::text[]) AS k(name) "
+            "SELECT s.name, s.version, s.entry_id, s.form FROM unnest(%b::text[]) AS k(name) "
             "CROSS JOIN LATERAL (SELECT name, version, entry_id, form FROM served "
             "WHERE view = %s AND name = k.name OFFSET 0) AS s",
             (wanted, view),
@@ -86,14 +88,22 @@ class ServedWrites:
         # One statement cannot upsert a key twice: a key repeated in `rows` keeps its last
         # copy, as one upsert per row (the SQLite store) leaves it.
         last = {(w[1], w[2]): w for w in writes}
-        columns = [list(column) for column in zip(*last.values(), strict=True)]
-        arrays = ", ".join(f"%s::{t}" for t in _TYPES)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS.split(", ")[3:])
-        await self._conn.execute(
-            f"INSERT INTO served ({_COLUMNS}) SELECT * FROM unnest({arrays}) "
-            f"ON CONFLICT (view, name, version) DO UPDATE SET {updates}",
-            columns,
-        )
+        # `existing` is the stored state of these names, read in this transaction by this
+        # (the only) writer: a key absent from it is absent from the table, so COPY appends
+        # it; the others are upserted.
+        new = [w for key, w in last.items() if key not in existing]
+        if new:
+            await copy_rows(self._conn, "served", _COLUMNS.split(", "), _COPY_TYPES, new)
+        if len(new) < len(last):
+            changed = [w for key, w in last.items() if key in existing]
+            columns = [list(column) for column in zip(*changed, strict=True)]
+            arrays = ", ".join(f"%b::{t}" for t in _TYPES)
+            updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS.split(", ")[3:])
+            await self._conn.execute(
+                f"INSERT INTO served ({_COLUMNS}) SELECT * FROM unnest({arrays}) "
+                f"ON CONFLICT (view, name, version) DO UPDATE SET {updates}",
+                columns,
+            )
         return len(writes)
 
     async def add_rule_hits(self, view: str, hits: Mapping[str, int]) -> None:
@@ -102,7 +112,7 @@ class ServedWrites:
             return
         await self._conn.execute(
             "INSERT INTO rule_hits (view, rule, hits) "
-            "SELECT %s, rule, n FROM unnest(%s::text[], %s::bigint[]) AS h(rule, n) "
+            "SELECT %s, rule, n FROM unnest(%b::text[], %b::bigint[]) AS h(rule, n) "
             "ON CONFLICT (view, rule) DO UPDATE SET hits = rule_hits.hits + excluded.hits",
             (view, list(counted), list(counted.values())),
         )
