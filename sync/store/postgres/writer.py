@@ -14,19 +14,18 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import pq
 
 from sync.errors import NotLeader, StoreError
-from sync.model import format_stamp, utcnow
 from sync.store.postgres.connect import connect, holder_id, redact, short
 from sync.store.postgres.entries import EntryWrites
 from sync.store.postgres.passes import PassWrites
 from sync.store.postgres.schema import migrate, pending, unknown
 from sync.store.postgres.served import ServedWrites
+from sync.store.stamps import Stamps
 
 if TYPE_CHECKING:
     from sync.config import StorageConfig
@@ -51,9 +50,7 @@ class PostgresStore(PassWrites, EntryWrites, ServedWrites):
         self.holder = holder_id()
         self._tx = asyncio.Lock()
         self._leading: tuple[int, str] | None = None
-        self._last_stamp = utcnow()
-        self._stamp_second = self._last_stamp.replace(microsecond=0) - timedelta(seconds=1)
-        self._stamp_prefix = ""
+        self._stamps = Stamps()
 
     @classmethod
     async def open(cls, storage: StorageConfig) -> PostgresStore:
@@ -110,7 +107,7 @@ class PostgresStore(PassWrites, EntryWrites, ServedWrites):
             except psycopg.Error as exc:
                 raise StoreError(f"{self.where}: {short(exc)}") from None
             if row and row[0]:
-                self._last_stamp = max(self._last_stamp, datetime.fromisoformat(row[0]))
+                self._stamps.after(row[0])
             self._leading = (epoch, holder)
 
     def unlead(self) -> None:
@@ -168,14 +165,7 @@ class PostgresStore(PassWrites, EntryWrites, ServedWrites):
 
     def stamp(self) -> str:
         """A mirror timestamp strictly later than every one handed out or stored before."""
-        now = utcnow()
-        if now <= self._last_stamp:
-            now = self._last_stamp + timedelta(microseconds=1)
-        self._last_stamp = now
-        second = now.replace(microsecond=0)
-        if second != self._stamp_second:
-            self._stamp_second, self._stamp_prefix = second, format_stamp(second)[:19]
-        return f"{self._stamp_prefix}.{now.microsecond:06d}Z"
+        return self._stamps.next()
 
     async def integrity_check(self) -> str:
         """ "ok" when the database answers and holds every migration this code knows."""

@@ -14,17 +14,16 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import aiosqlite
 
 from sync.errors import StoreError, StoreLocked
-from sync.model import format_stamp, utcnow
 from sync.store.sqlite.entries import EntryWrites
 from sync.store.sqlite.passes import PassWrites
 from sync.store.sqlite.schema import migrate
 from sync.store.sqlite.served import ServedWrites
+from sync.store.stamps import Stamps
 
 __all__ = ["SqliteStore"]
 
@@ -53,9 +52,7 @@ class SqliteStore(PassWrites, EntryWrites, ServedWrites):
         self.path = path
         self._lock_fd = lock_fd
         self._tx = asyncio.Lock()
-        self._last_stamp = utcnow()
-        self._stamp_second = self._last_stamp.replace(microsecond=0) - timedelta(seconds=1)
-        self._stamp_prefix = ""
+        self._stamps = Stamps()
 
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
@@ -85,7 +82,7 @@ class SqliteStore(PassWrites, EntryWrites, ServedWrites):
             async with db.execute("SELECT max(updated_at) FROM served") as cursor:
                 row = await cursor.fetchone()
             if row and row[0]:
-                store._last_stamp = max(store._last_stamp, datetime.fromisoformat(row[0]))
+                store._stamps.after(row[0])
         except sqlite3.Error as exc:
             await store.close()
             raise StoreError(f"cannot prepare {path}: {exc}") from None
@@ -138,15 +135,7 @@ class SqliteStore(PassWrites, EntryWrites, ServedWrites):
 
     def stamp(self) -> str:
         """A mirror timestamp strictly later than every one handed out before."""
-        now = utcnow()
-        if now <= self._last_stamp:
-            now = self._last_stamp + timedelta(microseconds=1)
-        self._last_stamp = now
-        # Most stamps of a page fall in the same second: reuse its formatted prefix.
-        second = now.replace(microsecond=0)
-        if second != self._stamp_second:
-            self._stamp_second, self._stamp_prefix = second, format_stamp(second)[:19]
-        return f"{self._stamp_prefix}.{now.microsecond:06d}Z"
+        return self._stamps.next()
 
     async def integrity_check(self) -> str:
         async with self._db.execute("PRAGMA integrity_check") as cursor:
