@@ -21,7 +21,6 @@ from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, TextIO, TypeVar, cast
 
-import psycopg
 import structlog
 
 from sync import __version__, control
@@ -39,9 +38,6 @@ from sync.serve.server import serve
 from sync.serve.status import collect as collect_status
 from sync.serve.status import render as render_status
 from sync.store import PassCounts, Reader, Store, open_reader, open_store
-from sync.store.postgres.connect import redact, short
-from sync.store.postgres.leader import held
-from sync.store.postgres.writer import PostgresStore
 
 __all__ = ["main"]
 
@@ -106,11 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _command(args: argparse.Namespace) -> int:
     path: Path | None = None
-    database: str | None = None
     try:
         config = load_config(args.config)
         configure_logging(config.logging, cast(TextIO, _STDERR))
-        path, database = config.storage.path, config.storage.url
+        path = config.storage.path
         code = _dispatch(args, config)
         # A reader that closed our pipe shows here, not in the interpreter's last flush.
         sys.stdout.flush()
@@ -123,9 +118,6 @@ def _command(args: argparse.Namespace) -> int:
         return _SIGPIPE_EXIT
     except (StoreError, CommandFailed) as exc:
         return _fail(str(exc))
-    except psycopg.Error as exc:
-        # One that reached us without a store's wording (the leader lock's connection, say).
-        return _fail(f"{redact(database)}: {short(exc)}" if database else short(exc))
     except sqlite3.Error as exc:
         # SQLite may quote a whole damaged row: the line stays a line.
         text = str(exc)
@@ -206,7 +198,7 @@ async def _writing(config: Config, *, existing: bool = False) -> AsyncIterator[S
         raise CommandFailed(f"no mirror at {path} (run a sync first)")
     store = await open_store(config.storage)
     try:
-        if isinstance(store, PostgresStore):
+        if config.storage.postgres:
             async with _leading(config, store):
                 yield store
         else:
@@ -216,10 +208,15 @@ async def _writing(config: Config, *, existing: bool = False) -> AsyncIterator[S
 
 
 @asynccontextmanager
-async def _leading(config: Config, store: PostgresStore) -> AsyncIterator[None]:
+async def _leading(config: Config, store: Store) -> AsyncIterator[None]:
     """A one-shot writer of a shared database leads it for its duration, as a daemon would;
     while another process leads, that one runs the passes (NotLeader names it)."""
+    # Imported here: commands on a SQLite mirror never load the PostgreSQL driver.
+    from sync.store.postgres.leader import held  # noqa: PLC0415
+    from sync.store.postgres.writer import PostgresStore  # noqa: PLC0415
+
     assert config.storage.url is not None
+    assert isinstance(store, PostgresStore)
     async with held(config.storage.url, lease=config.storage.lease, holder=store.holder) as lead:
         assert lead.epoch is not None
         await store.lead(lead.epoch, lead.holder)

@@ -148,13 +148,18 @@ async def _elected(app: web.Application, store: Store, leads: Leads, epoch: int)
             if engine is not None:
                 await engine.close()
             return  # the renewal tells the rest
-        except StoreError as exc:
+        except Exception as exc:  # a StoreError, or any failure of the start-up itself
             leads.unlead()
             if engine is not None:
-                await engine.close()
+                with contextlib.suppress(Exception):
+                    await engine.close()
             # Leading without writing would stall the mirror: let another replica (or a
             # later try of this one) lead.
+            log.error("leader.cannot_write", epoch=epoch, error=str(exc) or type(exc).__name__)
             leadership.step_down(f"could not start writing: {exc}")
+            return
+        if writing.stopping:
+            await engine.close()
             return
         log.info("leader.writing", epoch=epoch, holder=leads.holder, interrupted_closed=closed)
         start_writing(app, engine)

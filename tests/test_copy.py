@@ -409,7 +409,13 @@ class TestOneShotWriters:
         before = await _pg_rows(pg_dsn)
         config = _pg_config_file(tmp_path, fake_url, pg_dsn)
         async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as replica:
+            # A live leader: the lock, and a lease that runs (one that ran out would be a
+            # stalled holder, which a newcomer ends).
             await replica.execute("SELECT pg_advisory_lock(%s)", (LEADER_LOCK,))
+            await replica.execute(
+                "UPDATE leadership SET epoch = epoch + 1, holder = 'replica/1/0', since = now(), "
+                "expires_at = now() + interval '1 hour' WHERE id = 1"
+            )
             fake.requests.clear()
             for command in ("sync", "reapply"):
                 code, out, err = await run("--config", config, command)

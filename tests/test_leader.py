@@ -186,6 +186,56 @@ async def test_a_stalled_holder_is_terminated_once_its_lease_expired(db: str) ->
     await frozen.close()
 
 
+async def test_a_leader_whose_lease_ran_out_unnoticed_is_deposed_and_elected_again(
+    db: str,
+) -> None:
+    """A leader paused past its lease with no successor (a single replica, a VM pause): its
+    writer's fence refuses from then on, so its next renewal must not extend the lapsed lease
+    but depose it, and a new election (a new epoch) lets it write again."""
+    a = Candidate(db)
+    async with running(a):
+        await _until(lambda: a.leadership.leading)
+        [first] = a.epochs
+        conn = await _admin(db)
+        try:
+            await conn.execute("UPDATE leadership SET expires_at = now() - interval '1 second'")
+        finally:
+            await conn.close()
+        await _until(lambda: len(a.epochs) == 2)
+    assert [kind for kind, _ in a.events][:3] == ["elected", "deposed", "elected"]
+    assert a.epochs[1] > first
+
+
+async def test_its_own_stale_session_is_ended(db: str) -> None:
+    """This process's lock connection died on its side while the server kept the session (a
+    silent network): once the lease ran out, the process ends that session, and only that
+    one, and leads again."""
+    holder = f"self/{os.getpid()}/{secrets.token_hex(4)}"
+    stale = await psycopg.AsyncConnection.connect(
+        db, autocommit=True, application_name=application_name(holder)
+    )
+    live = await psycopg.AsyncConnection.connect(  # e.g. one of its own readers
+        db, autocommit=True, application_name=application_name(holder)
+    )
+    await stale.execute("SELECT pg_advisory_lock(%s)", (LEADER_LOCK,))
+    await stale.execute(
+        "UPDATE leadership SET epoch = 3, holder = %s, since = now(), "
+        "expires_at = now() + interval '1 second' WHERE id = 1",
+        (holder,),
+    )
+    b = Candidate(db, holder=holder)
+    try:
+        async with running(b):
+            await _until(lambda: b.leadership.leading)
+        assert b.epochs == [4]
+        with pytest.raises(psycopg.OperationalError):
+            await stale.execute("SELECT 1")
+        await live.execute("SELECT 1")  # its other connections live on
+    finally:
+        await stale.close()
+        await live.close()
+
+
 async def test_a_live_holder_is_never_terminated(db: str) -> None:
     # Its lease runs (it renews): a follower waits, however long, and ends nothing.
     a, b = Candidate(db), Candidate(db)

@@ -62,6 +62,13 @@ def options(holder: str) -> dict[str, Any]:
         "prepare_threshold": None,
         "application_name": application_name(holder),
         "connect_timeout": 10,
+        # A peer gone silent (a partition, a dead host) is noticed in about 25 s, not after
+        # the kernel's two hours: no call on a dead connection outlasts a lease for long.
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 25_000,
     }
 
 

@@ -33,6 +33,7 @@ from sync.errors import ConfigError, NotLeader, StoreError
 from sync.store.postgres.connect import holder_id, options, redact
 from sync.store.postgres.leader import Leadership
 from sync.store.postgres.schema import migrate
+from sync.store.postgres.writer import FENCE
 
 __all__ = ["TABLES", "CopyResult", "TargetNotEmpty", "check_target", "copy_mirror"]
 
@@ -189,11 +190,7 @@ async def _leading(dsn: str, where: str, holder: str, lease: float) -> AsyncIter
 async def _fence(conn: psycopg.AsyncConnection[tuple[Any, ...]], leading: Leadership) -> None:
     """The writers' fence, inside the copy's transaction just before it commits: a copy whose
     leadership lapsed (stalled past its lease, taken over) commits nothing."""
-    cursor = await conn.execute(
-        "UPDATE leadership SET serial = serial + 1 "
-        "WHERE id = 1 AND epoch = %s AND holder = %s AND expires_at > now()",
-        (leading.epoch, leading.holder),
-    )
+    cursor = await conn.execute(FENCE, (leading.epoch, leading.holder))
     if cursor.rowcount != 1:
         raise NotLeader(
             "lost the leadership of the database during the copy (another process took "

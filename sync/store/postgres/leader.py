@@ -28,8 +28,8 @@ from typing import Any
 import psycopg
 import structlog
 
-from sync.errors import NotLeader
-from sync.store.postgres.connect import application_name, holder_id, options
+from sync.errors import NotLeader, StoreError
+from sync.store.postgres.connect import application_name, holder_id, options, redact
 from sync.store.postgres.schema import LEADER_LOCK
 
 __all__ = [
@@ -173,13 +173,22 @@ class Leadership:
     async def acquire(self) -> int:
         """Lead now or raise NotLeader naming who does: for a one-shot writer (`subregistry
         sync`, `reapply`, `copy --to`), which holds the leadership for its duration and then
-        `stop()`s. A holder whose lease expired is terminated first, as a daemon would."""
-        for _ in range(2):
-            if await self._attempt():
-                assert self.epoch is not None
-                return self.epoch
-        assert self._conn is not None
-        leader = await current(self._conn)
+        `stop()`s. A holder whose lease expired is terminated first, as a daemon would. A
+        database that cannot be reached, or does not answer, is a StoreError naming it."""
+        try:
+            for _ in range(2):
+                if await self._attempt():
+                    assert self.epoch is not None
+                    return self.epoch
+            assert self._conn is not None
+            leader = await current(self._conn)
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            self.epoch = None
+            await self._close()  # the lock, if this attempt took it, goes with the session
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "no answer"
+            raise StoreError(
+                f"cannot take the leadership of {redact(self.dsn)}: {reason}"
+            ) from None
         await self._close()
         raise NotLeader(
             f"another process leads this database ({leader.holder}, epoch {leader.epoch}, "
@@ -210,7 +219,9 @@ class Leadership:
                 if self._unreachable:
                     self._unreachable = False
                     log.info("leader.database_reachable", holder=self.holder)
-            except (psycopg.Error, OSError, TimeoutError) as exc:
+            except (psycopg.Error, OSError, TimeoutError, NotLeader) as exc:
+                # NotLeader here: the leadership row is missing (a hand-edited database);
+                # keep trying, loudly, rather than let the candidacy die unseen.
                 await self._close()
                 if self.leading:
                     self._depose(f"lost the database connection: {exc}")
@@ -256,16 +267,26 @@ class Leadership:
             self._events.put_nowait(("elected", self.epoch))
             return True
         leader = await current(await self._connection())
-        if leader.expired and leader.holder is not None and leader.holder != self.holder:
+        if leader.expired and leader.holder is not None:
             # Its session still holds the lock, but its lease ran out: it is stalled or cut off,
             # and its commits are refused already. Ending its backends frees the lock (and any
-            # row lock a half-done transaction of its holds).
+            # row lock a half-done transaction of its holds). The holder may be this very
+            # process, whose lock connection died on our side while the server kept its session
+            # (a silent network): then only that session goes, not our live readers.
             # Not waiting for them to exit (a backend blocked writing to a stopped client can
             # take a while): the lock is free at one of the next tries.
             cursor = await self._query(
-                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) "
-                "FROM pg_stat_activity WHERE application_name = %s AND pid <> pg_backend_pid()",
-                (application_name(leader.holder),),
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM ("
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND %s "
+                "UNION SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1"
+                ") AS stalled WHERE pid <> pg_backend_pid()",
+                (
+                    application_name(leader.holder),
+                    leader.holder != self.holder,
+                    LEADER_LOCK >> 32,
+                    LEADER_LOCK & 0xFFFF_FFFF,
+                ),
             )
             row = await cursor.fetchone()
             log.warning(
@@ -282,7 +303,7 @@ class Leadership:
         assert self.epoch is not None
         cursor = await self._query(
             "UPDATE leadership SET expires_at = now() + make_interval(secs => %s) "
-            "WHERE id = 1 AND epoch = %s AND holder = %s",
+            "WHERE id = 1 AND epoch = %s AND holder = %s AND expires_at > now()",
             (self.lease, self.epoch, self.holder),
         )
         if cursor.rowcount == 0:

@@ -34,7 +34,7 @@ __all__ = ["FENCE", "PostgresStore"]
 
 FENCE = (
     "UPDATE leadership SET serial = serial + 1 "
-    "WHERE id = 1 AND epoch = %s AND holder = %s AND expires_at > now()"
+    "WHERE id = 1 AND epoch = %s AND holder = %s AND expires_at > clock_timestamp()"
 )
 
 
