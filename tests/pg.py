@@ -14,6 +14,7 @@ import pwd
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -195,12 +196,50 @@ def throwaway_cluster(bindir: Path) -> Iterator[PgServer]:
             conf.write(SETTINGS.format(socket=socket))
         (data / "pg_hba.conf").write_text(HBA, encoding="utf-8")
         port = _start(account, root, bindir, data, log)
+        watchdog = _watch(root, data)
         try:
             yield PgServer(f"postgresql://{SUPERUSER}@127.0.0.1:{port}/postgres", data)
         finally:
             _stop(account, root, bindir, data)
+            watchdog.kill()
+            watchdog.wait()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+# A session killed outright (SIGTERM, SIGKILL, a CI job cancelled) runs no `finally`: a process
+# of its own, outside the session's process group, notices its parent gone (it is re-parented)
+# and ends the server at once (SIGQUIT: immediate shutdown), then removes its directory.
+_WATCHDOG = """
+import os, shutil, signal, sys, time
+parent, pid_file, root = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+while os.getppid() == parent:
+    time.sleep(0.5)
+try:
+    pid = int(open(pid_file).read().split()[0])
+except (OSError, ValueError, IndexError):
+    pid = None
+if pid is not None:
+    try:
+        os.kill(pid, signal.SIGQUIT)
+        for _ in range(600):
+            os.kill(pid, 0)
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+shutil.rmtree(root, ignore_errors=True)
+"""
+
+
+def _watch(root: Path, data: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(data / "postmaster.pid"), root],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def _start(account: tuple[int, int] | None, root: Path, bindir: Path, data: Path, log: Path) -> int:

@@ -219,7 +219,7 @@ def test_without_postgresql_tests_skip_except_in_ci(
     assert "Traceback" not in done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("ending", ["failed", "interrupted"])
+@pytest.mark.parametrize("ending", ["failed", "interrupted", "terminated", "killed"])
 def test_the_cluster_is_stopped_and_removed_however_the_session_ends(
     tmp_path: Path, ending: str
 ) -> None:
@@ -230,24 +230,32 @@ def test_the_cluster_is_stopped_and_removed_however_the_session_ends(
         "    pid = int((pg_server.data_dir / 'postmaster.pid').read_text().split()[0])\n"
         "    report(data_dir=str(pg_server.data_dir), dsn=pg_server.dsn, pid=pid)\n"
     )
-    source += {
-        "failed": "    raise AssertionError('this test fails on purpose')\n",
-        "interrupted": "    __import__('time').sleep(600)\n",
-    }[ending]
+    source += (
+        "    raise AssertionError('this test fails on purpose')\n"
+        if ending == "failed"
+        else "    __import__('time').sleep(600)\n"
+    )
     if ending == "failed":
         done = run_session(tmp_path, source)
         assert done.returncode == 1 and "1 failed" in done.stdout
     else:
-        interrupt_session(tmp_path, source)
+        interrupt_session(tmp_path, source, ending)
     (facts,) = reports(tmp_path)
+    # A session killed outright runs no teardown: its watchdog stops the server meanwhile.
+    deadline = time.monotonic() + 60
+    while (running(facts["pid"]) or Path(facts["data_dir"]).parent.exists()) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
     assert not Path(facts["data_dir"]).parent.exists()
     assert not running(facts["pid"])
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(facts["dsn"], connect_timeout=10).close()
 
 
-def interrupt_session(tmp_path: Path, source: str) -> None:
-    """Ctrl-C in the middle of a test: pytest tears the session down, and the cluster with it."""
+def interrupt_session(tmp_path: Path, source: str, ending: str) -> None:
+    """Ctrl-C in the middle of a test (pytest tears the session down, and the cluster with
+    it), or SIGTERM / SIGKILL (no teardown at all)."""
     inner = subprocess.Popen(
         session(tmp_path, source),
         cwd=tmp_path, env=session_env(tmp_path, {}),
@@ -258,8 +266,12 @@ def interrupt_session(tmp_path: Path, source: str) -> None:
         while not report.exists() or not report.read_text().endswith("\n"):
             assert inner.poll() is None, "the session ended before its test ran"
             time.sleep(0.05)
-        inner.send_signal(signal.SIGINT)
-        assert inner.wait(timeout=300) == 2  # pytest's "interrupted"
+        sent = {"interrupted": signal.SIGINT, "terminated": signal.SIGTERM}.get(
+            ending, signal.SIGKILL
+        )
+        inner.send_signal(sent)
+        code = inner.wait(timeout=300)
+        assert code == (2 if sent == signal.SIGINT else -sent)  # 2: pytest's "interrupted"
     finally:
         if inner.poll() is None:
             inner.kill()
