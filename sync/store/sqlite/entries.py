@@ -32,8 +32,7 @@ class EntryWrites:
         latest = {(e.name, e.version): e for e in entries}
         known = await self._known(upstream, list(latest))
         # One statement per kind of write, not per entry: each aiosqlite call is a thread
-        # round trip. A key repeated within the page keeps its last copy.
-        latest = {(e.name, e.version): e for e in entries}
+        # round trip.
         inserts: list[tuple[object, ...]] = []
         updates: list[tuple[object, ...]] = []
         unchanged: list[tuple[int, int]] = []
