@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 import tomllib
@@ -11,9 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -25,12 +22,15 @@ from pydantic import (
 from sync.credentials import check_ca_file, check_client_cert, resolve_proxy, resolve_secret
 from sync.durations import parse_duration
 from sync.errors import ConfigError
-from sync.overrides import Loc, apply_env, resolve_paths
+from sync.overrides import Loc, apply_env
+from sync.ruleconfig import BASE, Duration, EnrichRule, FilterConfig, Frozen, OverrideRule
+from sync.viewconfig import AuthConfig, ViewConfig, check_base_path
 
 __all__ = [
     "CONFIG_ENV",
     "DEFAULT_VIEW",
     "ApiConfig",
+    "AuthConfig",
     "Config",
     "EnrichRule",
     "FilterConfig",
@@ -39,32 +39,28 @@ __all__ = [
     "OverrideRule",
     "StorageConfig",
     "UpstreamConfig",
+    "ViewConfig",
     "config_from_mapping",
     "load_config",
     "parse_duration",
 ]
 
-# One served view today; the store and API already take a view name so that per-team views
-# become an addition, not a rewrite.
+# The view every mirror serves at `[api] base_path`; `[[views]]` add named subsets of it.
 DEFAULT_VIEW = "default"
 CONFIG_ENV = "SUBREGISTRY_CONFIG"
 # Variables under the settings prefix that are not settings: the file's path, and build facts
 # that `GET /v0.1/version` reports.
 _NOT_SETTINGS = frozenset({CONFIG_ENV, "SUBREGISTRY_GIT_COMMIT", "SUBREGISTRY_BUILD_TIME"})
-_BASE = "base"  # validation context: the folder of the file being read
 # The official registry asks aggregators to poll "regularly but infrequently" (about hourly).
 MIN_HTTP_INTERVAL = 60.0
 # A file is local: only the scheduler's own granularity bounds it.
 MIN_FILE_INTERVAL = 1.0
-Status = Literal["active", "deprecated", "deleted"]
-
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 
 
 def _in_base(value: object, info: ValidationInfo) -> object:
     """A secret's `file` written in a configuration file means that file's folder too, like
     every other path there."""
-    base = (info.context or {}).get(_BASE)
+    base = (info.context or {}).get(BASE)
     if base is None or not isinstance(value, Mapping):
         return value
     path = value.get("file")
@@ -81,84 +77,7 @@ def _proxy(value: object, info: ValidationInfo) -> SecretStr | None:
     return resolve_proxy(_in_base(value, info))
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _paths_from_the_file(cls, data: Any, info: ValidationInfo) -> Any:
-        """A relative path written in a file means that file's folder, wherever the daemon
-        starts (a unit's WorkingDirectory, a container's): for every path-typed setting, and
-        before any validator looks at it."""
-        base = (info.context or {}).get(_BASE)
-        if base is None or not isinstance(data, dict):
-            return data
-        return resolve_paths(cls, data, base)
-
-
-def _check_globs(globs: tuple[str, ...]) -> tuple[str, ...]:
-    for glob in globs:
-        if not glob or glob.count("[") != glob.count("]"):
-            raise ValueError(f"invalid glob {glob!r}")
-        fnmatch.translate(glob)
-    return globs
-
-
-class FilterConfig(_Frozen):
-    """Which stored entries are served. Every list empty or absent means "no opinion"."""
-
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    exclude_regex: tuple[str, ...] = ()
-    statuses: tuple[Status, ...] = ("active", "deprecated", "deleted")
-    registry_types: tuple[str, ...] | None = None
-    remotes: bool = True
-    transports: tuple[str, ...] | None = None
-    latest_versions: int | None = Field(default=None, ge=1)
-
-    @field_validator("include", "exclude")
-    @classmethod
-    def _globs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return _check_globs(value)
-
-    @field_validator("exclude_regex")
-    @classmethod
-    def _regexes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for pattern in value:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
-        return value
-
-
-class EnrichRule(_Frozen):
-    """Extra facts served under the mirror's own `_meta` key for names matching a glob."""
-
-    match: str
-    meta: dict[str, Any]
-
-    @field_validator("match")
-    @classmethod
-    def _glob(cls, value: str) -> str:
-        return _check_globs((value,))[0]
-
-
-class OverrideRule(_Frozen):
-    """The mirror's own decision about one server (all versions, or one)."""
-
-    name: str
-    version: str | None = None
-    status: Status | None = None
-    status_message: str | None = Field(default=None, max_length=500)
-
-    @field_validator("name")
-    @classmethod
-    def _glob(cls, value: str) -> str:
-        return _check_globs((value,))[0]
-
-
-class UpstreamConfig(_Frozen):
+class UpstreamConfig(Frozen):
     """One source of entries: an HTTP registry (`url`) or a local file (`path`)."""
 
     name: str = Field(pattern=r"^[a-z0-9_-]{1,64}$")
@@ -240,7 +159,7 @@ class UpstreamConfig(_Frozen):
         return self.max_staleness if self.max_staleness is not None else 3 * self.interval
 
 
-class StorageConfig(_Frozen):
+class StorageConfig(Frozen):
     """Where the mirror lives: a SQLite file (`path`, the default) or a PostgreSQL database
     (`url`), which replicas share and only the elected leader writes."""
 
@@ -265,7 +184,7 @@ class StorageConfig(_Frozen):
         return self.url is not None
 
 
-class MirrorConfig(_Frozen):
+class MirrorConfig(Frozen):
     namespace: str = Field(
         default="io.github.mcp-subregistry",
         pattern=r"^[a-zA-Z0-9-]+(\.[a-zA-Z0-9-]+)+(/[a-zA-Z0-9._-]+)?$",
@@ -273,7 +192,7 @@ class MirrorConfig(_Frozen):
     )
 
 
-class ApiConfig(_Frozen):
+class ApiConfig(Frozen):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     base_path: str = ""
@@ -288,17 +207,26 @@ class ApiConfig(_Frozen):
     # "serve": /readyz is 200 while the store answers, however old its data (the mirror exists
     # to ride out upstream outages); "fresh": 503 once an upstream is past its max_staleness.
     readiness: Literal["serve", "fresh"] = "serve"
+    # How readers of the default view prove who they are; each view has its own.
+    auth: AuthConfig = AuthConfig()
+    # The origin clients reach this mirror at (https://registry.example.com), for the
+    # absolute URLs it publishes (protected-resource metadata); unset: each request's Host.
+    public_url: str | None = None
 
     @field_validator("base_path")
     @classmethod
     def _base_path(cls, value: str) -> str:
-        value = value.rstrip("/")
-        if value and not re.match(r"^(/[A-Za-z0-9._~-]+)+$", value):
-            raise ValueError("must be empty or a path such as '/registry'")
-        return value
+        return check_base_path(value, empty=True)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^/\s?#]+", value.rstrip("/")):
+            raise ValueError("must be an origin such as https://registry.example.com (no path)")
+        return value.rstrip("/") if value is not None else None
 
 
-class LoggingConfig(_Frozen):
+class LoggingConfig(Frozen):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
 
@@ -307,7 +235,7 @@ def _default_upstreams() -> tuple[UpstreamConfig, ...]:
     return (UpstreamConfig(name="official", url="https://registry.modelcontextprotocol.io"),)
 
 
-class Config(_Frozen):
+class Config(Frozen):
     storage: StorageConfig = StorageConfig()
     mirror: MirrorConfig = MirrorConfig()
     api: ApiConfig = ApiConfig()
@@ -316,6 +244,7 @@ class Config(_Frozen):
     filter: FilterConfig = FilterConfig()
     enrich: tuple[EnrichRule, ...] = ()
     override: tuple[OverrideRule, ...] = ()
+    views: tuple[ViewConfig, ...] = ()
 
     @field_validator("upstreams")
     @classmethod
@@ -325,6 +254,37 @@ class Config(_Frozen):
         if duplicates:
             raise ValueError(f"upstream names must be unique; repeated: {', '.join(duplicates)}")
         return value
+
+    @field_validator("views")
+    @classmethod
+    def _views_apart(
+        cls, value: tuple[ViewConfig, ...], info: ValidationInfo
+    ) -> tuple[ViewConfig, ...]:
+        names = [v.name for v in value]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"view names must be unique; repeated: {', '.join(repeated)}")
+        api = info.data.get("api")
+        bases = [api.base_path if isinstance(api, ApiConfig) else ""]
+        bases += [v.base_path for v in value]
+        taken = sorted({b or "/" for b in bases if bases.count(b) > 1})
+        if taken:
+            raise ValueError(
+                f"each view needs its own base_path (api.base_path included); shared: {taken[0]}"
+            )
+        return value
+
+    def view(self, name: str) -> ViewConfig | None:
+        """The named view's configuration; None for the default view."""
+        if name == DEFAULT_VIEW:
+            return None
+        for view in self.views:
+            if view.name == name:
+                return view
+        raise ConfigError(f"no view named {name!r} (configured: {self.view_names()})")
+
+    def view_names(self) -> str:
+        return ", ".join([DEFAULT_VIEW, *(v.name for v in self.views)])
 
     def upstream(self, name: str) -> UpstreamConfig:
         for upstream in self.upstreams:
@@ -361,7 +321,7 @@ def config_from_mapping(
     """Validate a parsed TOML document, naming every offending key in the error (and the
     environment variable that set it). With `base`, relative paths mean that folder."""
     try:
-        return Config.model_validate(data, context={_BASE: base} if base is not None else None)
+        return Config.model_validate(data, context={BASE: base} if base is not None else None)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, origins or {})) from None
 
@@ -393,6 +353,8 @@ def load_config(path: Path | None = None, *, env: Mapping[str, str] | None = Non
         path = Path(env[CONFIG_ENV])
     data = {} if path is None else _read(path)
     defaults = [u.model_dump(exclude_unset=True) for u in _default_upstreams()]
-    origins = apply_env(data, Config, env, lists={"upstreams": defaults}, reserved=_NOT_SETTINGS)
+    origins = apply_env(
+        data, Config, env, lists={"upstreams": defaults, "views": []}, reserved=_NOT_SETTINGS
+    )
     base = path.absolute().parent if path is not None else None
     return config_from_mapping(data, base=base, origins=origins)

@@ -114,17 +114,20 @@ class Metrics:
         )
         self.served_versions = Gauge(
             f"{_PREFIX}_served_versions",
-            "Versions in the served view by status",
-            ["status"],
+            "Versions in a served view by status",
+            ["view", "status"],
             registry=r,
         )
         self.served_servers = Gauge(
-            f"{_PREFIX}_served_servers", "Server names with a visible version", registry=r
+            f"{_PREFIX}_served_servers",
+            "Server names with a visible version in a served view",
+            ["view"],
+            registry=r,
         )
         self.rule_hits = Counter(
             f"{_PREFIX}_rule_hits",
-            "Times a curation rule acted on an entry",
-            ["rule"],
+            "Times a curation rule acted on an entry, by the view it decided",
+            ["view", "rule"],
             registry=r,
         )
         self.circuit_open = Gauge(
@@ -135,14 +138,14 @@ class Metrics:
         )
         self.http_requests = Counter(
             f"{_PREFIX}_http_requests",
-            "API requests by route template",
-            ["route", "method", "status"],
+            "API requests by view and route template",
+            ["view", "route", "method", "status"],
             registry=r,
         )
         self.http_duration = Histogram(
             f"{_PREFIX}_http_request_duration_seconds",
-            "API request latency by route template",
-            ["route", "method", "status"],
+            "API request latency by view and route template",
+            ["view", "route", "method", "status"],
             buckets=_REQUEST_BUCKETS,
             registry=r,
         )
@@ -173,8 +176,11 @@ class Metrics:
             self.circuit_open,
         )
 
-    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        """One API request, counted and timed under the same bounded labels."""
-        labels = (route, method_label(method), str(status))
+    def observe_request(
+        self, view: str, route: str, method: str, status: int, seconds: float
+    ) -> None:
+        """One API request, counted and timed under the same bounded labels (`view` is a
+        configured view's name, or "" for a request no view answers)."""
+        labels = (view, route, method_label(method), str(status))
         self.http_requests.labels(*labels).inc()
         self.http_duration.labels(*labels).observe(seconds)

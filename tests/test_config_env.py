@@ -13,9 +13,9 @@ import pytest
 from aiohttp.test_utils import TestServer
 from pydantic import BaseModel
 
-from sync import config as config_module
 from sync.config import Config, FilterConfig, load_config, parse_duration
 from sync.errors import ConfigError
+from sync.ruleconfig import Frozen
 from tests.cli_helpers import TOKEN, run, write_config
 from tests.fake_upstream import FakeRegistry
 
@@ -257,7 +257,7 @@ class TestRelativePaths:
     def test_every_path_typed_setting_is_resolved(self, tmp_path: Path) -> None:
         """A path setting added later needs nothing of its own: the rule is in the base."""
 
-        class Later(config_module._Frozen):
+        class Later(Frozen):
             one: Path
             maybe: Path | None = None
             many: tuple[Path, ...] = ()

@@ -31,8 +31,9 @@ BIN = Path(sys.executable).parent
 def exported_series() -> set[str]:
     """Every sample name the daemon can export, with its histogram and counter suffixes."""
     metrics = Metrics()
-    for name in ("served_versions", "quarantined"):
-        getattr(metrics, name).labels("x").set(0)
+    metrics.served_versions.labels("v", "x").set(0)
+    metrics.served_servers.labels("v").set(0)
+    metrics.quarantined.labels("x").set(0)
     for name in ("sync_runs",):
         getattr(metrics, name).labels("a", "b", "c").inc(0)
     metrics.sync_duration.labels("a", "b").observe(0)
@@ -47,10 +48,10 @@ def exported_series() -> set[str]:
     metrics.sync_entries.labels("a", "b").inc(0)
     metrics.upstream_requests.labels("a", "b").inc(0)
     metrics.upstream_duration.labels("a").observe(0)
-    metrics.rule_hits.labels("a").inc(0)
+    metrics.rule_hits.labels("v", "a").inc(0)
     metrics.circuit_open.labels("a").set(0)
-    metrics.http_requests.labels("a", "b", "c").inc(0)
-    metrics.http_duration.labels("a", "b", "c").observe(0)
+    metrics.http_requests.labels("v", "a", "b", "c").inc(0)
+    metrics.http_duration.labels("v", "a", "b", "c").observe(0)
     text = generate_latest(metrics.registry).decode()
     samples = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
     return {name for name in samples if not name.endswith("_created")}

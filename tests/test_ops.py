@@ -101,9 +101,9 @@ class TestMetrics:
         assert value(first, f"{s}upstream_requests_total", upstream="official", code="200") == 27
         assert value(first, f"{s}quarantined_entries", upstream="official") == 1
         exa = 6
-        assert value(first, f"{s}served_versions", status="active") == 2628 - exa
-        assert value(first, f"{s}served_servers") == 1054
-        assert value(first, f"{s}rule_hits_total", rule="filter.exclude") == exa
+        assert value(first, f"{s}served_versions", view="default", status="active") == 2628 - exa
+        assert value(first, f"{s}served_servers", view="default") == 1054
+        assert value(first, f"{s}rule_hits_total", view="default", rule="filter.exclude") == exa
         assert value(first, f"{s}build_info", version=__version__) == 1
         assert (
             value(first, f"{s}sync_duration_seconds_count", upstream="official", mode="full") == 1
@@ -131,6 +131,7 @@ class TestMetrics:
             value(
                 second,
                 f"{s}http_requests_total",
+                view="default",
                 route="/v0.1/servers/{serverName}/versions",
                 method="GET",
                 status="200",
@@ -139,7 +140,12 @@ class TestMetrics:
         )
         assert (
             value(
-                second, f"{s}http_requests_total", route="/v0/servers", method="GET", status="200"
+                second,
+                f"{s}http_requests_total",
+                view="default",
+                route="/v0/servers",
+                method="GET",
+                status="200",
             )
             == 1
         )
@@ -147,6 +153,7 @@ class TestMetrics:
             value(
                 second,
                 f"{s}http_requests_total",
+                view="default",
                 route="/v0.1/servers/{serverName}/versions/{version}",
                 method="GET",
                 status="404",
@@ -157,6 +164,7 @@ class TestMetrics:
             value(
                 second,
                 f"{s}http_request_duration_seconds_count",
+                view="default",
                 route="/v0/servers",
                 method="GET",
                 status="200",

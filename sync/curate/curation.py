@@ -71,7 +71,7 @@ class Curator:
         built.changed = await self.store.write_served(self.view, built.rows, existing)
         await self.store.add_rule_hits(self.view, built.hits)
         for rule, hits in built.hits.items():
-            self.metrics.rule_hits.labels(rule).inc(hits)
+            self.metrics.rule_hits.labels(self.view, rule).inc(hits)
         return built
 
     async def reapply(self) -> tuple[int, int]:

@@ -13,7 +13,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from sync.serve.api import CACHE, CACHED_ROUTES, METRICS, Problem, problem
+from sync.serve.api import CACHE, CACHED_ROUTES, METRICS, VIEW, Problem, problem
 from sync.serve.cache import CachedBody
 
 __all__ = ["canonical_location", "middlewares", "none_match", "wants_gzip"]
@@ -51,7 +51,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     finally:
         elapsed = time.perf_counter() - started
         route = _route(request)
-        request.app[METRICS].observe_request(route, request.method, status, elapsed)
+        request.app[METRICS].observe_request(
+            request.app[VIEW], route, request.method, status, elapsed
+        )
         log.debug(
             "http.request",
             method=request.method,

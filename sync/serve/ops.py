@@ -38,10 +38,11 @@ async def _refresh_gauges(app: web.Application, now: datetime) -> None:
         return
     reader: Reader = app[READER]
     metrics, config = app[METRICS], app[LIVE].config
-    by_status, servers = await reader.served_counts(app[VIEW])
+    view = app[VIEW]
+    by_status, servers = await reader.served_counts(view)
     for status in ("active", "deprecated", "deleted"):
-        metrics.served_versions.labels(status).set(by_status.get(status, 0))
-    metrics.served_servers.set(servers)
+        metrics.served_versions.labels(view, status).set(by_status.get(status, 0))
+    metrics.served_servers.labels(view).set(servers)
     quarantined = await reader.quarantine_counts()
     states = await reader.upstream_states()
     current = format_stamp(now)
