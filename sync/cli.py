@@ -31,7 +31,7 @@ from sync.commands import (
     status_command,
     sync_command,
 )
-from sync.config import Config, load_config
+from sync.config import DEFAULT_VIEW, Config, load_config
 from sync.errors import ConfigError, StoreError
 from sync.logs import configure_logging
 from sync.pull.checks import check
@@ -39,6 +39,9 @@ from sync.pull.checks import check
 __all__ = ["main"]
 
 T = TypeVar("T")
+
+
+_VIEW_HELP = f"a [[views]] name (default: {DEFAULT_VIEW!r}, the view at [api] base_path)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,8 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("name")
     explain.add_argument("version", nargs="?")
     explain.add_argument("--json", action="store_true", help="machine-readable output")
+    explain.add_argument("--view", default=DEFAULT_VIEW, help=_VIEW_HELP)
     export = commands.add_parser("export", help="write the served catalogue as a list envelope")
     export.add_argument("--output", type=Path, help="file to write (default: standard output)")
+    export.add_argument("--view", default=DEFAULT_VIEW, help=_VIEW_HELP)
     check = commands.add_parser("check", help="validate the configuration; never opens the store")
     # Here too, as operators type it after the command; SUPPRESS keeps a --config given first.
     check.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -132,9 +137,11 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     if args.command == "reapply":
         return _run(reapply_command(config))
     if args.command == "explain":
-        return _run(explain_command(config, args.name, args.version, as_json=args.json))
+        return _run(
+            explain_command(config, args.name, args.version, view=args.view, as_json=args.json)
+        )
     if args.command == "export":
-        return _run(export_command(config, args.output))
+        return _run(export_command(config, args.output, view=args.view))
     if args.command == "check":
         return _run(check(config, online=args.online, out=sys.stdout))
     if args.command == "copy":

@@ -222,12 +222,16 @@ async def reapply_command(config: Config) -> int:
     return 0
 
 
-async def explain_command(config: Config, name: str, version: str | None, *, as_json: bool) -> int:
-    """`explain`: every rule's verdict on each stored copy of `name`, and the served form."""
+async def explain_command(
+    config: Config, name: str, version: str | None, *, view: str, as_json: bool
+) -> int:
+    """`explain`: every rule's verdict on each stored copy of `name` (the global rules, then
+    those of `view`), and the form `view` serves."""
+    config.view(view)  # an unknown view fails before the store is opened
     async with _reading(config) as reader:
         entries = await reader.entries_for([name])
         wanted = version or "latest"
-        row = await reader.version(DEFAULT_VIEW, name, wanted, include_deleted=True)
+        row = await reader.version(view, name, wanted, include_deleted=True)
     if not entries:
         raise CommandFailed(f"no upstream holds {name!r}")
     if version is not None and all(e.version != version for e in entries):
@@ -235,7 +239,9 @@ async def explain_command(config: Config, name: str, version: str | None, *, as_
         raise CommandFailed(
             f"no upstream holds {name!r} version {version!r} ({held} other versions held)"
         )
-    report = explain(config, entries, version)
+    # Until the curation side takes `view=`, only the default view can be explained.
+    extra = {} if view == DEFAULT_VIEW else {"view": view}
+    report = {**explain(config, entries, version, **extra), "view": view}
     served = {"server": json.loads(row[2]), "_meta": json.loads(row[3])} if row else None
     if as_json:
         print(json.dumps({**report, "served": served}, indent=2, ensure_ascii=False))
@@ -244,8 +250,9 @@ async def explain_command(config: Config, name: str, version: str | None, *, as_
     return 0
 
 
-async def export_command(config: Config, output: Path | None) -> int:
-    """`export`: the served catalogue as the list envelope a file upstream reads back."""
+async def export_command(config: Config, output: Path | None, *, view: str) -> int:
+    """`export`: what `view` serves, as the list envelope a file upstream reads back."""
+    config.view(view)  # an unknown view fails before the output or the store is opened
     # The output opens first: a path that cannot be written fails before the store is touched.
     try:
         stream = output.open("w", encoding="utf-8") if output else sys.stdout
@@ -255,7 +262,7 @@ async def export_command(config: Config, output: Path | None) -> int:
         async with _reading(config) as reader:
             count = 0
             stream.write('{"servers":[')
-            async for _, _, server, meta in reader.export(DEFAULT_VIEW):
+            async for _, _, server, meta in reader.export(view):
                 stream.write(("," if count else "") + f'{{"server":{server},"_meta":{meta}}}')
                 count += 1
             stream.write(f'],"metadata":{{"count":{count}}}}}\n')

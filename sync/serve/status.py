@@ -1,13 +1,14 @@
-"""What `subregistry status` reports: the served view, who writes (on PostgreSQL: the elected
-leader), and per upstream its checkpoint, failures, quarantine, resume point and recent
-passes. Read-only: it opens no writer."""
+"""What `subregistry status` reports: each view (where it is served, who may read it, what it
+serves, how often its rules acted), who writes (on PostgreSQL: the elected leader), and per
+upstream its checkpoint, failures, quarantine, resume point and recent passes. Read-only: it
+opens no writer."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
-from sync.config import DEFAULT_VIEW, Config
+from sync.config import DEFAULT_VIEW, AuthConfig, Config
 from sync.store import Reader, records
 
 __all__ = ["collect", "render"]
@@ -23,11 +24,13 @@ async def collect(config: Config, reader: Reader) -> dict[str, Any]:
     states = await reader.upstream_states()
     held = await reader.held()
     quarantine = await reader.quarantine()
-    by_status, servers = await reader.served_counts(DEFAULT_VIEW)
+    views = await _views(config, reader)
     report: dict[str, Any] = {
-        "served": {"versions": by_status, "servers": servers},
+        # The default view's, at the top as before views existed: scripts read them there.
+        "served": views[0]["served"],
+        "views": views,
         "upstreams": [],
-        "rule_hits": await reader.rule_hits(DEFAULT_VIEW),
+        "rule_hits": views[0]["rule_hits"],
     }
     if config.storage.postgres:
         report["leader"] = await leader(reader)
@@ -79,6 +82,40 @@ async def collect(config: Config, reader: Reader) -> dict[str, Any]:
     return report
 
 
+async def _views(config: Config, reader: Reader) -> list[dict[str, Any]]:
+    """Every configured view, the default one first."""
+    shown = [(DEFAULT_VIEW, config.api.base_path, "", config.api.auth)]
+    shown += [(v.name, v.base_path, v.description, v.auth) for v in config.views]
+    views = []
+    for name, base_path, description, auth in shown:
+        by_status, servers = await reader.served_counts(name)
+        views.append(
+            {
+                "name": name,
+                "base_path": base_path,
+                "description": description,
+                "auth": _auth(auth),
+                "served": {"versions": by_status, "servers": servers},
+                "rule_hits": await reader.rule_hits(name),
+            }
+        )
+    return views
+
+
+def _auth(auth: AuthConfig) -> dict[str, Any]:
+    """How a view's readers prove who they are; how many tokens, never which."""
+    if auth.type == "bearer":
+        return {"type": "bearer", "tokens": len(auth.tokens)}
+    if auth.type == "oidc":
+        return {
+            "type": "oidc",
+            "issuer": auth.issuer,
+            "audience": auth.audience,
+            "required_claims": {k: list(v) for k, v in auth.required_claims.items()},
+        }
+    return {"type": "none"}
+
+
 async def leader(reader: Reader) -> dict[str, Any]:
     """Who leads a PostgreSQL store now: holder, since, epoch and until when the lease runs
     (`leading` false: nobody does, the last holder's lease ran out or it resigned)."""
@@ -125,12 +162,43 @@ def _resume_point(state: records.UpstreamState) -> dict[str, Any] | None:
     }
 
 
-def _served_line(served: dict[str, Any]) -> str:
+def _served_text(served: dict[str, Any]) -> str:
     versions: dict[str, int] = served["versions"]
     order = [s for s in _STATUSES if s in versions] + sorted(set(versions) - set(_STATUSES))
     parts = ", ".join(f"{versions[s]} {s}" for s in order)
     total = sum(versions.values())
-    return f"served: {total} versions ({parts or 'none'}), {served['servers']} servers\n"
+    return f"{total} versions ({parts or 'none'}), {served['servers']} servers"
+
+
+def _auth_text(auth: dict[str, Any]) -> str:
+    if auth["type"] == "bearer":
+        return f"bearer, {auth['tokens']} token{'s' if auth['tokens'] != 1 else ''}"
+    if auth["type"] == "oidc":
+        claims = "".join(
+            f", {claim} in {values}" for claim, values in auth["required_claims"].items()
+        )
+        return f"oidc, issuer {auth['issuer']}, audience {auth['audience']}{claims}"
+    return "none"
+
+
+def _view_line(view: dict[str, Any]) -> str:
+    return (
+        f"  {view['name']} at {view['base_path'] or '/'} (auth: {_auth_text(view['auth'])}): "
+        f"{_served_text(view['served'])}\n"
+    )
+
+
+def _hit_lines(views: list[dict[str, Any]]) -> str:
+    """Every view's rule hits in one list: a named view's rules are named
+    `views.<name>.…`, so no two views' rules share a name."""
+    hits: dict[str, int] = {}
+    for view in views:
+        prefix = "" if view["name"] == DEFAULT_VIEW else f"views.{view['name']}."
+        for rule, count in view["rule_hits"].items():
+            hits[rule if rule.startswith(prefix) else prefix + rule] = count
+    if not hits:
+        return ""
+    return "rule hits:\n" + "".join(f"  {r}: {n}\n" for r, n in sorted(hits.items()))
 
 
 def _pass_line(p: dict[str, Any]) -> str:
@@ -168,12 +236,11 @@ def _upstream_lines(u: dict[str, Any]) -> str:
 
 
 def render(report: dict[str, Any]) -> str:
-    """The report for a person: served counts, then one block per upstream, then rule hits."""
-    text = _served_line(report["served"])
+    """The report for a person: the default view's counts, one line per view, the leader, one
+    block per upstream, then every view's rule hits."""
+    text = f"served: {_served_text(report['served'])}\n"
+    text += "views:\n" + "".join(_view_line(v) for v in report["views"])
     if "leader" in report:
         text += _leader_line(report["leader"])
     text += "".join(_upstream_lines(u) for u in report["upstreams"])
-    hits: dict[str, int] = report["rule_hits"]
-    if hits:
-        text += "rule hits:\n" + "".join(f"  {r}: {n}\n" for r, n in sorted(hits.items()))
-    return text
+    return text + _hit_lines(report["views"])
