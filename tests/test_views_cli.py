@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.metrics import MetricWrapperBase
 
 from sync.config import AuthConfig, ViewConfig, load_config
+from sync.metrics import Metrics
 from tests.cli_helpers import TOKEN, run, write_config
 from tests.fake_upstream import OFFICIAL, FakeRegistry
 from tests.helpers import serving
@@ -304,3 +307,39 @@ def _commented_blocks(path: Path, first: str) -> list[str]:
         blocks.append("".join(block))
     assert blocks, f"no {first!r} in {path}"
     return blocks
+
+
+class TestDashboard:
+    DASHBOARD = Path(__file__).parent.parent / "deploy/grafana/subregistry-dashboard.json"
+
+    @staticmethod
+    def view_series() -> set[str]:
+        """The names of every exported series that carries a `view` label."""
+        metrics = Metrics()
+        # prometheus_client offers no public accessor for a metric's name and labels.
+        return {
+            metric._name
+            for metric in vars(metrics).values()
+            if isinstance(metric, MetricWrapperBase) and "view" in metric._labelnames
+        }
+
+    def test_every_panel_of_a_view_labelled_series_follows_the_view_variable(self) -> None:
+        dashboard = json.loads(self.DASHBOARD.read_text())
+        [variable] = [v for v in dashboard["templating"]["list"] if v["name"] == "view"]
+        assert variable["includeAll"] and variable["multi"]
+        # "All" must match the empty view too: requests no view answered (unknown paths).
+        assert variable["allValue"] == ".*"
+        assert "label_values(subregistry_served_servers, view)" in variable["definition"]
+        series = self.view_series()
+        assert {"subregistry_served_versions", "subregistry_http_requests"} <= series
+        shown = 0
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                expr = target["expr"]
+                if any(re.search(rf"\b{name}(_total|_bucket)?\b", expr) for name in series):
+                    shown += 1
+                    assert 'view=~"$view"' in expr, panel["title"]
+                    if "sum by" in expr:
+                        assert re.search(r"sum by \([^)]*\bview\b", expr), panel["title"]
+                    assert "{{view}}" in target["legendFormat"] or "rule" in expr, panel["title"]
+        assert shown >= 5
