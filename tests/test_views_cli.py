@@ -343,3 +343,42 @@ class TestDashboard:
                         assert re.search(r"sum by \([^)]*\bview\b", expr), panel["title"]
                     assert "{{view}}" in target["legendFormat"] or "rule" in expr, panel["title"]
         assert shown >= 5
+
+
+class TestReadme:
+    README = Path(__file__).parent.parent / "README.md"
+
+    def section(self, title: str) -> str:
+        return self.README.read_text().split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+    async def test_the_commands_table_lists_every_option_of_every_command(self) -> None:
+        rows = {
+            match[1]: line
+            for line in self.section("Commands").splitlines()
+            if (match := re.match(r"\| `subregistry (?:\[[^]]*\] )?([a-z]+)", line))
+        }
+        assert len(rows) == 8, sorted(rows)
+        for command in ("explain", "export"):
+            assert "[--view V]" in rows[command], command
+        for command, row in rows.items():
+            code, out, err = await run(command, "--help")
+            assert code == 0, err
+            options = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", out)) - {"--help"}
+            missing = [o for o in sorted(options) if o not in row]
+            assert not missing, f"{command}: {missing} not in the README's commands table"
+
+    def test_views_and_authentication_says_what_works_today(self) -> None:
+        text = " ".join(self.section("Views and authentication").split())
+        for fact in (
+            "a subset of the default view",
+            "own `updatedAt` stream and tombstones",
+            "without an upstream request",
+            "do not send credentials to a registry yet",
+            "network-level privacy",
+            "`headers` carry the token",
+            'url = "https://registry.example.com/teams/payments"',
+            "401",
+            "403",
+            "/.well-known/oauth-protected-resource{base_path}",
+        ):
+            assert fact in text, fact
