@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from sync.config import AuthConfig, ViewConfig, load_config
@@ -382,3 +383,23 @@ class TestReadme:
             "/.well-known/oauth-protected-resource{base_path}",
         ):
             assert fact in text, fact
+
+
+def test_the_example_ingress_publishes_every_view_of_teams_toml(tmp_path: Path) -> None:
+    """Each view's base path and its protected-resource metadata reach the Service."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("t\n")
+    env = {"SUBREGISTRY_VIEWS__PAYMENTS__AUTH__TOKENS_FILE": str(tokens)}
+    config = load_config(CONFIG / "teams.toml", env=env)
+    ingress = Path(__file__).parent.parent / "deploy/kubernetes/ingress.yaml"
+    [doc] = [d for d in yaml.safe_load_all(ingress.read_text()) if d]
+    prefixes = [
+        p["path"]
+        for rule in doc["spec"]["rules"]
+        for p in rule["http"]["paths"]
+        if p["pathType"] == "Prefix"
+    ]
+    metadata = "/.well-known/oauth-protected-resource"
+    for view in config.views:
+        for published in (view.base_path, metadata + view.base_path):
+            assert any(published == p or published.startswith(p + "/") for p in prefixes), published
