@@ -146,6 +146,15 @@ async def test_a_downstream_mirror_follows_one_private_view(source: Source, tmp_
     home = tmp_path / "downstream"
     home.mkdir()
     downstream = write_config(home, source.base + "/teams/payments")
+    # Without the token, the downstream's pass fails on the 401 and holds nothing.
+    tokenless = home / "tokenless.toml"
+    tokenless.write_text(
+        "\n".join(
+            line for line in downstream.read_text().splitlines() if "headers" not in line
+        ).replace("mirror.db", "tokenless.db")
+    )
+    code, out, err = await run("--config", tokenless, "sync")
+    assert code == 1 and out.startswith("official: failed") and "401" in out, out + err
     code, out, err = await run("--config", downstream, "sync")
     assert code == 0, err
     assert out.startswith("official: ok full pass") and "18 inserted" in out
