@@ -28,8 +28,10 @@ from sync.model import utcnow
 from sync.pull.engine import Clock, Engine
 from sync.reload import RELOADING
 from sync.serve.api import CACHE, CLOCK, CONFIG, LIVE, METRICS, READER, VIEW, Live, add_routes
+from sync.serve.auth import add_metadata_routes
 from sync.serve.cache import ResponseCache, SerialState, file_id
 from sync.serve.middleware import middlewares
+from sync.serve.oidc import oidc_ctx
 from sync.serve.ops import add_ops_routes
 from sync.store import open_reader, open_store
 from sync.store.sqlite.reader import SqliteReader
@@ -197,6 +199,7 @@ def create_app(
     app[VIEW] = DEFAULT_VIEW
     app[CLOCK] = clock
     app[WRITING] = Writing()
+    app.cleanup_ctx.append(oidc_ctx)
     cache_bytes = int(config.api.cache_mb * 1024 * 1024)
     if config.storage.postgres:
         app[SERIAL] = SerialState(config.storage.refresh)
@@ -204,8 +207,7 @@ def create_app(
         if sync:
             app.cleanup_ctx.append(pg_writer_ctx)
         app.cleanup_ctx.append(_pg_reader_ctx)
-        add_routes(app, config.api.base_path)
-        add_ops_routes(app)
+        _add_all_routes(app)
         return app
     app[CACHE] = ResponseCache(config.storage.path, cache_bytes)
     if sync:
@@ -216,6 +218,13 @@ def create_app(
         # the control socket (which may be waiting on one) closes.
         app.cleanup_ctx.append(_control_ctx)
         app.cleanup_ctx.append(_scheduler_ctx)
-    add_routes(app, config.api.base_path)
-    add_ops_routes(app)
+    _add_all_routes(app)
     return app
+
+
+def _add_all_routes(app: web.Application) -> None:
+    # Every view's routes, whatever the configuration: which view a path is for is decided
+    # per request from the configuration in force (a reload may add, move or remove views).
+    add_routes(app)
+    add_metadata_routes(app)
+    add_ops_routes(app)

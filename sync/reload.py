@@ -4,8 +4,10 @@ Upstreams, rules, intervals and logging change in place: a running pass finishes
 with the settings it started with (its committed pages are never undone), later passes and the
 scheduler follow the new file, and a rule change triggers the same reapply as at start. A file
 that does not load is refused with its message, and the daemon goes on with the old one.
-`[storage]` and `[api]` (the database, the listening socket) need a restart: a reload keeps
-them as they were and says so.
+Views and who may read them (`[[views]]`, `[api.auth]` with its tokens read again,
+`[api] public_url`) change at once: the API looks them up per request. The rest of `[storage]`
+and `[api]` (the database, the listening socket) needs a restart: a reload keeps it as it was
+and says so.
 """
 
 from __future__ import annotations
@@ -27,13 +29,25 @@ __all__ = ["RELOADING", "reload", "schedule"]
 log = structlog.get_logger("sync.reload")
 RELOADING = web.AppKey("reloading", asyncio.Lock)
 RESTART_ONLY = ("storage", "api")
+# `[api]` keys the API reads per request, from the configuration in force.
+API_LIVE = ("auth", "public_url")
 
 
 def settle(old: Config, new: Config) -> tuple[Config, list[str]]:
-    """The configuration to apply, and the sections a reload cannot change (kept as were)."""
-    kept = [section for section in RESTART_ONLY if getattr(old, section) != getattr(new, section)]
+    """The configuration to apply, and the sections a reload cannot change (kept as were,
+    but for the `[api]` keys that apply at once)."""
+    live = {key: getattr(new.api, key) for key in API_LIVE}
+    old_api = old.api.model_copy(update=live)
+    kept = [
+        section
+        for section in RESTART_ONLY
+        if (old_api if section == "api" else getattr(old, section)) != getattr(new, section)
+    ]
     if kept:
-        new = new.model_copy(update={section: getattr(old, section) for section in kept})
+        update = {section: getattr(old, section) for section in kept}
+        if "api" in update:
+            update["api"] = old_api
+        new = new.model_copy(update=update)
     return new, kept
 
 

@@ -24,6 +24,7 @@ from sync.config import Config
 from sync.metrics import Metrics
 from sync.model import format_stamp
 from sync.serve.cache import ResponseCache
+from sync.serve.routing import BASE, VIEW_ROUTES, view_of
 from sync.store import ListQuery, Reader, ServedItem
 
 __all__ = [
@@ -59,10 +60,9 @@ METRICS = web.AppKey("metrics", Metrics)
 VIEW = web.AppKey("view", str)
 CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")
 CACHE = web.AppKey("response_cache", ResponseCache)
-# Route names whose 200 responses depend only on the store's content (and the URL).
-CACHED_ROUTES = frozenset(
-    {"servers", "versions", "version", "v0_servers", "v0_versions", "v0_version"}
-)
+# Route names whose 200 responses depend only on the store's content (and the URL and view).
+_CACHED = ("servers", "versions", "version", "v0_servers", "v0_versions", "v0_version")
+CACHED_ROUTES = frozenset((*_CACHED, *(f"based_{name}" for name in _CACHED)))
 
 PREFIXES = ("/v0.1", "/v0")
 # A segment is anything but `/`, as on the official service: aiohttp's default pattern also
@@ -89,6 +89,8 @@ _BOOLEANS = {
 }
 _TITLES = {
     400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     422: "Unprocessable Entity",
@@ -241,7 +243,7 @@ async def list_servers(request: web.Request) -> web.Response:
         include_deleted = True
     cursor = _param(query, "cursor")
     q = ListQuery(
-        view=request.app[VIEW],
+        view=view_of(request),
         limit=limit,
         after=_decode_cursor(cursor) if cursor else None,
         search=_param(query, "search"),
@@ -270,7 +272,7 @@ async def list_versions(request: web.Request) -> web.Response:
     include_deleted = bool(_boolean(request.query, "include_deleted"))
     for name in _path_values(request, "serverName"):
         rows = await request.app[READER].versions(
-            request.app[VIEW], name, include_deleted=include_deleted
+            view_of(request), name, include_deleted=include_deleted
         )
         if rows:
             return json_response(_list_body(rows, {"count": len(rows)}))
@@ -282,7 +284,7 @@ async def get_version(request: web.Request) -> web.Response:
     for name in _path_values(request, "serverName"):
         for version in _path_values(request, "version"):
             row = await request.app[READER].version(
-                request.app[VIEW], name, version, include_deleted=include_deleted
+                view_of(request), name, version, include_deleted=include_deleted
             )
             if row is not None:
                 return json_response(_item(row[2], row[3]))
@@ -321,9 +323,17 @@ async def read_only(_: web.Request) -> web.Response:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def add_routes(app: web.Application, base_path: str) -> None:
-    """The registry routes, under `base_path`, for both API prefixes."""
+def add_routes(app: web.Application) -> None:
+    """The registry routes of every view, for both API prefixes: at the server's root (the
+    default view when `api.base_path` is empty) and under any base (see `sync.serve.routing`)."""
+    app[VIEW_ROUTES] = set()
+    for base, tag in (("", ""), ("/" + BASE, "based_")):
+        _add_view_routes(app, base, tag)
+
+
+def _add_view_routes(app: web.Application, base_path: str, tag: str) -> None:
     router = app.router
+    added: list[web.AbstractRoute] = []
     for prefix in PREFIXES:
         root = f"{base_path}{prefix}"
         reads: list[tuple[str, Handler, str | None]] = [
@@ -337,9 +347,10 @@ def add_routes(app: web.Application, base_path: str) -> None:
         for path, handler, name in reads:
             # aiohttp route names are unique: the /v0 copy carries the prefix in its name.
             label = name if prefix == PREFIXES[0] or name is None else f"v0_{name}"
-            router.add_get(root + path, handler, name=label)
+            label = tag + label if label is not None else None
+            added.append(router.add_get(root + path, handler, name=label))
             for method in ("POST", "PUT", "PATCH", "DELETE"):
-                router.add_route(method, root + path, read_only)
+                added.append(router.add_route(method, root + path, read_only))
         for path in (
             "/publish",
             "/validate",
@@ -347,5 +358,6 @@ def add_routes(app: web.Application, base_path: str) -> None:
             f"/servers/{_NAME}/versions/{_VERSION}/status",
             "/auth/{provider}",
         ):
-            router.add_route("*", root + path, read_only)
-    router.add_get(f"{base_path}/openapi.yaml", openapi)
+            added.append(router.add_route("*", root + path, read_only))
+    added.append(router.add_get(f"{base_path}/openapi.yaml", openapi))
+    app[VIEW_ROUTES].update(route.resource.canonical for route in added if route.resource)

@@ -13,8 +13,10 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from sync.serve.api import CACHE, CACHED_ROUTES, METRICS, VIEW, Problem, problem
+from sync.serve.api import CACHE, CACHED_ROUTES, METRICS, Problem, problem
+from sync.serve.auth import gate
 from sync.serve.cache import CachedBody
+from sync.serve.routing import route_label, view_of
 
 __all__ = ["canonical_location", "middlewares", "none_match", "wants_gzip"]
 
@@ -25,13 +27,9 @@ _REQUESTS = itertools.count(1)
 _COMPRESS_OVER = 1400  # bytes: below one packet gzip saves nothing worth the CPU
 _CORS = {
     "Access-Control-Allow-Origin": "*",
-    "Access-Control-Expose-Headers": "ETag",
+    # A browser client must see the challenge of a view with auth to know where to log in.
+    "Access-Control-Expose-Headers": "ETag, WWW-Authenticate",
 }
-
-
-def _route(request: web.Request) -> str:
-    resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "unmatched"
 
 
 @web.middleware
@@ -50,13 +48,13 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise
     finally:
         elapsed = time.perf_counter() - started
-        route = _route(request)
-        request.app[METRICS].observe_request(
-            request.app[VIEW], route, request.method, status, elapsed
-        )
+        route = route_label(request)
+        view = view_of(request)
+        request.app[METRICS].observe_request(view, route, request.method, status, elapsed)
         log.debug(
             "http.request",
             method=request.method,
+            view=view,
             route=route,
             status=status,
             duration_ms=round(elapsed * 1000, 2),
@@ -193,7 +191,8 @@ async def conditional(request: web.Request, handler: Handler) -> web.StreamRespo
     if request.method not in ("GET", "HEAD"):
         return await handler(request)
     cache = request.app[CACHE]
-    key = request.path_qs
+    # The view is part of the key: a reload may give a path to another view, the store unchanged.
+    key = f"{view_of(request)}\x00{request.path_qs}"
     cacheable = request.match_info.route.name in CACHED_ROUTES
     # The state the handler reads in: what it renders is filed under it, or nowhere.
     state = cache.state() if cacheable else None
@@ -228,4 +227,4 @@ async def conditional(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 def middlewares() -> list[web.middleware]:  # type: ignore[valid-type]
-    return [observe, cors, errors, guards, conditional]
+    return [observe, cors, errors, guards, gate, conditional]

@@ -8,6 +8,7 @@ from datetime import datetime
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from sync.config import DEFAULT_VIEW
 from sync.model import format_stamp
 from sync.serve.api import CLOCK, LIVE, METRICS, READER, VIEW
 from sync.serve.health import readiness
@@ -19,6 +20,8 @@ __all__ = ["add_ops_routes"]
 _GAUGE_TTL = 10.0  # seconds; scrapes more often than this reuse the last counts
 _REFRESHED: web.AppKey[list[datetime]] = web.AppKey("gauges_refreshed")
 _SHOWN: web.AppKey[set[str]] = web.AppKey("upstreams_shown")
+_VIEWS_SHOWN: web.AppKey[set[str]] = web.AppKey("views_shown")
+_STATUSES = ("active", "deprecated", "deleted")
 # Passes looked at for the last one that ended: only the newest can still be running.
 _RECENT_PASSES = 3
 
@@ -38,11 +41,21 @@ async def _refresh_gauges(app: web.Application, now: datetime) -> None:
         return
     reader: Reader = app[READER]
     metrics, config = app[METRICS], app[LIVE].config
-    view = app[VIEW]
-    by_status, servers = await reader.served_counts(view)
-    for status in ("active", "deprecated", "deleted"):
-        metrics.served_versions.labels(view, status).set(by_status.get(status, 0))
-    metrics.served_servers.labels(view).set(servers)
+    views = [DEFAULT_VIEW, *(v.name for v in config.views)]
+    for view in views:
+        by_status, servers = await reader.served_counts(view)
+        for status in _STATUSES:
+            metrics.served_versions.labels(view, status).set(by_status.get(status, 0))
+        metrics.served_servers.labels(view).set(servers)
+    # A view a reload removed has no series any more, as an upstream's below.
+    for gone in app[_VIEWS_SHOWN] - set(views):
+        with contextlib.suppress(KeyError):
+            metrics.served_servers.remove(gone)
+        for status in _STATUSES:
+            with contextlib.suppress(KeyError):
+                metrics.served_versions.remove(gone, status)
+    app[_VIEWS_SHOWN].clear()
+    app[_VIEWS_SHOWN].update(views)
     quarantined = await reader.quarantine_counts()
     states = await reader.upstream_states()
     current = format_stamp(now)
@@ -114,6 +127,7 @@ async def readyz(request: web.Request) -> web.Response:
 def add_ops_routes(app: web.Application) -> None:
     app[_REFRESHED] = []
     app[_SHOWN] = set()
+    app[_VIEWS_SHOWN] = set()
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -1,0 +1,128 @@
+"""A real OpenID Connect provider for the tests: discovery and JWKS over HTTP on a loopback
+port, signing keys made here (cryptography), rotated on demand, every request counted."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+AUDIENCE = "mcp-subregistry"
+DISCOVERY = "/.well-known/openid-configuration"
+
+
+@dataclass
+class SigningKey:
+    kid: str
+    alg: str
+    private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+    def jwk(self) -> dict[str, Any]:
+        public = self.private.public_key()
+        if isinstance(public, rsa.RSAPublicKey):
+            jwk: dict[str, Any] = RSAAlgorithm.to_jwk(public, as_dict=True)
+        else:
+            jwk = ECAlgorithm.to_jwk(public, as_dict=True)
+        return {**jwk, "kid": self.kid, "use": "sig", "alg": self.alg}
+
+    def public_pem(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
+        return self.private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+
+def make_key(alg: str = "RS256") -> SigningKey:
+    private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+    if alg.startswith(("RS", "PS")):
+        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    else:
+        private = ec.generate_private_key(ec.SECP256R1())
+    return SigningKey(uuid.uuid4().hex[:12], alg, private)
+
+
+class Provider:
+    """Discovery at `DISCOVERY`, keys at `/jwks`; `down` answers 503 to both."""
+
+    def __init__(self) -> None:
+        self.issuer = ""  # its URL, once it listens
+        self.keys = [make_key()]
+        self.requests: Counter[str] = Counter()
+        self.down = False
+        self.claimed_issuer: str | None = None  # what discovery says, when not the truth
+
+    @property
+    def key(self) -> SigningKey:
+        return self.keys[0]
+
+    def rotate(self, alg: str = "RS256") -> SigningKey:
+        """A new key replaces every published one."""
+        self.keys = [make_key(alg)]
+        return self.keys[0]
+
+    def token(
+        self,
+        *,
+        key: SigningKey | None = None,
+        headers: dict[str, Any] | None = None,
+        **claims: Any,
+    ) -> str:
+        """A token signed by `key` (the published one by default); claims override the
+        defaults (None removes one)."""
+        key = key or self.key
+        now = int(time.time())
+        body: dict[str, Any] = {
+            "iss": self.issuer,
+            "aud": AUDIENCE,
+            "sub": "alice",
+            "iat": now,
+            "exp": now + 300,
+            "groups": ["payments", "staff"],
+            **claims,
+        }
+        body = {k: v for k, v in body.items() if v is not None}
+        return jwt.encode(
+            body, key.private, algorithm=key.alg, headers={"kid": key.kid, **(headers or {})}
+        )
+
+    def app(self) -> web.Application:
+        async def discovery(_: web.Request) -> web.Response:
+            self.requests["discovery"] += 1
+            if self.down:
+                return web.Response(status=503)
+            issuer = self.claimed_issuer or self.issuer
+            return web.json_response({"issuer": issuer, "jwks_uri": self.issuer + "/jwks"})
+
+        async def jwks(_: web.Request) -> web.Response:
+            self.requests["jwks"] += 1
+            if self.down:
+                return web.Response(status=503)
+            return web.json_response({"keys": [k.jwk() for k in self.keys]})
+
+        app = web.Application()
+        app.router.add_get(DISCOVERY, discovery)
+        app.router.add_get("/jwks", jwks)
+        return app
+
+
+@asynccontextmanager
+async def running_provider() -> AsyncIterator[Provider]:
+    provider = Provider()
+    server = TestServer(provider.app(), host="127.0.0.1")
+    await server.start_server()
+    provider.issuer = str(server.make_url("")).rstrip("/")
+    try:
+        yield provider
+    finally:
+        await server.close()

@@ -1,0 +1,448 @@
+"""Reading a view behind authentication (issue #13): static bearer tokens, and OIDC access
+tokens from a real provider on a loopback port (tests/oidc_provider.py), over a real mirror
+with two views: the default one open, `payments` behind bearer tokens, `data` behind OIDC."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from sync.app import create_app
+from sync.config import Config
+from tests.cli_helpers import free_port, spawn, write_config
+from tests.oidc_provider import AUDIENCE, Provider, make_key, running_provider
+from tests.test_views_api import db, views_config, views_db  # noqa: F401 - fixtures
+
+TOKENS = ("payments-token-1", "payments-token-2")
+PAYMENTS = "/teams/payments/v0.1/servers"
+DATA = "/teams/data/catalogue/v0.1/servers"
+METADATA = "/.well-known/oauth-protected-resource"
+
+
+@pytest.fixture
+async def provider() -> AsyncIterator[Provider]:
+    async with running_provider() as running:
+        yield running
+
+
+@pytest.fixture
+def tokens_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tokens"
+    path.write_text("# one per line\n" + "\n".join(TOKENS) + "\n")
+    return path
+
+
+@pytest.fixture
+def make_config(db: Path, tokens_file: Path, provider: Provider) -> Callable[..., Config]:  # noqa: F811
+    def make(*, api: dict[str, Any] | None = None, **oidc: Any) -> Config:
+        return views_config(
+            db,
+            api=api,
+            payments={"auth": {"type": "bearer", "tokens_file": str(tokens_file)}},
+            data={
+                "description": "The data platform's servers",
+                "auth": {
+                    "type": "oidc",
+                    "issuer": provider.issuer,
+                    "audience": AUDIENCE,
+                    "required_claims": {"groups": ["payments", "data"]},
+                    "jwks_refresh": "1h",
+                    **oidc,
+                },
+            },
+        )
+
+    return make
+
+
+@pytest.fixture
+async def make_client(make_config: Callable[..., Config]) -> AsyncIterator[Callable[..., Any]]:
+    clients: list[TestClient[Any, Any]] = []
+
+    async def make(**options: Any) -> TestClient[Any, Any]:
+        client = TestClient(TestServer(create_app(make_config(**options), sync=False)))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+async def api(make_client: Callable[..., Any]) -> TestClient[Any, Any]:
+    client: TestClient[Any, Any] = await make_client()
+    return client
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def challenge(response: aiohttp.ClientResponse) -> dict[str, str]:
+    """The parameters of a `WWW-Authenticate: Bearer k="v", …` challenge."""
+    header = response.headers["WWW-Authenticate"]
+    assert header.startswith("Bearer ")
+    params = {}
+    for part in header[len("Bearer ") :].split('", '):
+        key, _, value = part.partition("=")
+        params[key] = value.strip('"')
+    return params
+
+
+async def assert_denied(
+    response: aiohttp.ClientResponse, status: int, error: str | None
+) -> dict[str, str]:
+    """A 401/403 as problem JSON with the challenge, readable by a browser client."""
+    assert response.status == status, await response.text()
+    assert response.content_type == "application/problem+json"
+    assert (await response.json())["status"] == status
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert "WWW-Authenticate" in response.headers["Access-Control-Expose-Headers"]
+    params = challenge(response)
+    assert params.get("error") == error
+    assert params["scope"] == "mcp-registry:read"
+    return params
+
+
+class TestBearer:
+    async def test_each_configured_token_reads_and_the_response_is_private(
+        self, api: TestClient[Any, Any]
+    ) -> None:
+        for token in TOKENS:
+            response = await api.get(PAYMENTS, headers=bearer(token))
+            assert response.status == 200
+            assert (await response.json())["servers"]
+            assert response.headers["Cache-Control"] == "private"
+            assert "Authorization" in response.headers["Vary"]
+            assert "Accept-Encoding" in response.headers["Vary"]
+
+    async def test_no_token_is_a_401_naming_the_views_metadata(
+        self, api: TestClient[Any, Any]
+    ) -> None:
+        response = await api.get(PAYMENTS)
+        params = await assert_denied(response, 401, None)
+        assert params["realm"] == "payments"
+        url = params["resource_metadata"]
+        assert url == f"{api.make_url('')}".rstrip("/") + METADATA + "/teams/payments"
+        # The metadata it names answers without a token.
+        metadata = await (await api.get(METADATA + "/teams/payments")).json()
+        assert metadata["resource"] == str(api.make_url("/teams/payments"))
+
+    @pytest.mark.parametrize(
+        ("header", "error"),
+        [
+            ("Bearer wrong-token", "invalid_token"),
+            (f"Bearer {TOKENS[0]}x", "invalid_token"),
+            (f"Bearer {TOKENS[0][:-1]}", "invalid_token"),
+            ("Bearer two words", "invalid_token"),
+            ("Bearer ", "invalid_token"),
+            (f"Basic {TOKENS[0]}", None),  # another scheme: no bearer token was sent
+        ],
+    )
+    async def test_a_wrong_or_malformed_token_is_a_401(
+        self, api: TestClient[Any, Any], header: str, error: str | None
+    ) -> None:
+        response = await api.get(PAYMENTS, headers={"Authorization": header})
+        await assert_denied(response, 401, error)
+
+    async def test_a_cached_body_never_reaches_an_unauthenticated_request(
+        self, api: TestClient[Any, Any]
+    ) -> None:
+        path = PAYMENTS + "?limit=3"
+        first = await api.get(path, headers=bearer(TOKENS[0]))
+        etag = first.headers["ETag"]
+        again = await api.get(path, headers=bearer(TOKENS[0]))
+        assert again.headers["ETag"] == etag  # from the response cache
+        for headers in ({}, {"If-None-Match": etag}, bearer("nope")):
+            response = await api.get(path, headers=headers)
+            assert response.status == 401
+            assert "servers" not in await response.text()
+        revalidated = await api.get(path, headers={**bearer(TOKENS[1]), "If-None-Match": etag})
+        assert revalidated.status == 304
+        assert revalidated.headers["Cache-Control"] == "private"
+
+    async def test_every_route_of_the_view_is_behind_its_auth(
+        self, api: TestClient[Any, Any]
+    ) -> None:
+        for path in ("/teams/payments/v0/servers", "/teams/payments/v0.1/health"):
+            await assert_denied(await api.get(path), 401, None)
+        await assert_denied(await api.get("/teams/payments/openapi.yaml"), 401, None)
+        assert (await api.get("/teams/payments/v0/ping", headers=bearer(TOKENS[0]))).status == 200
+
+    async def test_preflight_and_operational_routes_need_no_token(
+        self, make_client: Callable[..., Any], tokens_file: Path
+    ) -> None:
+        api = await make_client(api={"auth": {"type": "bearer", "tokens_file": str(tokens_file)}})
+        preflight = await api.options(
+            PAYMENTS,
+            headers={"Origin": "https://x.example", "Access-Control-Request-Method": "GET"},
+        )
+        assert preflight.status == 204
+        for path in ("/healthz", "/readyz", "/metrics", METADATA, METADATA + "/teams/payments"):
+            assert (await api.get(path)).status == 200, path
+        # The default view is behind [api.auth] now; an open view stays open.
+        await assert_denied(await api.get("/v0.1/servers"), 401, None)
+        assert (await api.get("/v0.1/servers", headers=bearer(TOKENS[1]))).status == 200
+
+    async def test_an_open_view_is_neither_challenged_nor_private(
+        self, api: TestClient[Any, Any]
+    ) -> None:
+        response = await api.get("/v0.1/servers")
+        assert response.status == 200
+        assert "Cache-Control" not in response.headers
+        assert "Authorization" not in response.headers.get("Vary", "")
+        assert (await api.get(METADATA)).status == 404  # no auth: no metadata
+
+
+class TestProtectedResourceMetadata:
+    async def test_oidc_view_names_its_issuer_and_the_read_scope(
+        self, api: TestClient[Any, Any], provider: Provider
+    ) -> None:
+        response = await api.get(METADATA + "/teams/data/catalogue")
+        assert response.status == 200
+        assert response.headers["Access-Control-Allow-Origin"] == "*"
+        assert await response.json() == {
+            "resource": str(api.make_url("/teams/data/catalogue")),
+            "authorization_servers": [provider.issuer],
+            "scopes_supported": ["mcp-registry:read"],
+            "bearer_methods_supported": ["header"],
+            "resource_name": "The data platform's servers",
+        }
+
+    async def test_public_url_makes_the_urls_absolute_to_it(
+        self, make_client: Callable[..., Any]
+    ) -> None:
+        api = await make_client(api={"public_url": "https://registry.example.com"})
+        metadata = await (await api.get(METADATA + "/teams/payments")).json()
+        assert metadata["resource"] == "https://registry.example.com/teams/payments"
+        assert "authorization_servers" not in metadata  # static tokens: no server to ask
+        params = challenge(await api.get(PAYMENTS))
+        assert params["resource_metadata"] == (
+            "https://registry.example.com/.well-known/oauth-protected-resource/teams/payments"
+        )
+
+
+def forge_hs256(claims: dict[str, Any], secret: bytes, kid: str) -> str:
+    """An HS256 token keyed with `secret` (PyJWT refuses to make one with a PEM key)."""
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": kid}).encode())
+    body = b64(json.dumps(claims).encode())
+    signature = hmac.new(secret, f"{header}.{body}".encode(), hashlib.sha256).digest()
+    return f"{header}.{body}.{b64(signature)}"
+
+
+class TestOidc:
+    async def test_a_valid_token_reads_the_view(
+        self, api: TestClient[Any, Any], provider: Provider
+    ) -> None:
+        response = await api.get(DATA, headers=bearer(provider.token()))
+        assert response.status == 200
+        assert (await response.json())["servers"]
+        assert response.headers["Cache-Control"] == "private"
+        # Groups as one string hold too; the keys were fetched once for both.
+        token = provider.token(groups="data")
+        assert (await api.get(DATA, headers=bearer(token))).status == 200
+        assert provider.requests == {"discovery": 1, "jwks": 1}
+
+    @pytest.mark.parametrize(
+        ("claims", "description"),
+        [
+            ({"exp": int(time.time()) - 120}, "expired"),
+            ({"nbf": int(time.time()) + 300}, "not valid yet"),
+            ({"iat": int(time.time()) + 300}, "not valid yet"),
+            ({"aud": "another-service"}, "another audience"),
+            ({"iss": "https://evil.example"}, "another issuer"),
+            ({"exp": None}, "'exp'"),
+            ({"aud": None}, "'aud'"),
+        ],
+    )
+    async def test_claims_out_of_bounds_are_a_401(
+        self,
+        api: TestClient[Any, Any],
+        provider: Provider,
+        claims: dict[str, Any],
+        description: str,
+    ) -> None:
+        response = await api.get(DATA, headers=bearer(provider.token(**claims)))
+        params = await assert_denied(response, 401, "invalid_token")
+        assert description in params["error_description"]
+
+    async def test_leeway_absorbs_small_clock_skew(
+        self, api: TestClient[Any, Any], provider: Provider
+    ) -> None:
+        token = provider.token(exp=int(time.time()) - 5, nbf=int(time.time()) + 5)
+        assert (await api.get(DATA, headers=bearer(token))).status == 200
+
+    async def test_alg_none_and_hs256_keyed_with_the_public_key_are_refused(
+        self, api: TestClient[Any, Any], provider: Provider
+    ) -> None:
+        claims = jwt.decode(provider.token(), options={"verify_signature": False})
+        unsigned = jwt.encode(claims, None, algorithm="none", headers={"kid": provider.key.kid})
+        forged = forge_hs256(claims, provider.key.public_pem(), provider.key.kid)
+        for token in (unsigned, forged):
+            response = await api.get(DATA, headers=bearer(token))
+            params = await assert_denied(response, 401, "invalid_token")
+            assert "algorithm" in params["error_description"]
+
+    async def test_a_token_signed_by_another_key_with_a_published_kid_is_refused(
+        self, api: TestClient[Any, Any], provider: Provider
+    ) -> None:
+        impostor = make_key()
+        impostor.kid = provider.key.kid
+        response = await api.get(DATA, headers=bearer(provider.token(key=impostor)))
+        params = await assert_denied(response, 401, "invalid_token")
+        assert "signature" in params["error_description"]
+
+    async def test_an_algorithm_off_the_allow_list_is_refused(
+        self, make_client: Callable[..., Any], provider: Provider
+    ) -> None:
+        api = await make_client(algorithms=["ES256"])
+        response = await api.get(DATA, headers=bearer(provider.token()))
+        await assert_denied(response, 401, "invalid_token")
+
+    async def test_a_rotated_key_is_fetched_on_its_first_use(
+        self, make_client: Callable[..., Any], provider: Provider
+    ) -> None:
+        api = await make_client(jwks_refresh=0)
+        old = provider.token()
+        assert (await api.get(DATA, headers=bearer(old))).status == 200
+        provider.rotate("ES256")
+        new = provider.token()
+        assert (await api.get(DATA, headers=bearer(new))).status == 200
+        assert provider.requests["jwks"] == 2
+        # The old key's token: its kid is no longer published.
+        await assert_denied(await api.get(DATA, headers=bearer(old)), 401, "invalid_token")
+
+    async def test_a_kid_flood_fetches_the_keys_at_most_once_per_interval(
+        self, make_client: Callable[..., Any], provider: Provider
+    ) -> None:
+        api = await make_client(jwks_refresh="1s")
+        assert (await api.get(DATA, headers=bearer(provider.token()))).status == 200
+        tried = provider.requests["jwks"]
+        strangers = [provider.token(headers={"kid": f"made-up-{i}"}) for i in range(50)]
+        for token in strangers:
+            await assert_denied(await api.get(DATA, headers=bearer(token)), 401, "invalid_token")
+        assert provider.requests["jwks"] == tried == 1
+        await asyncio.sleep(1.1)  # the interval passes: the next unknown kid may ask once
+        statuses = await asyncio.gather(*(api.get(DATA, headers=bearer(t)) for t in strangers[:20]))
+        assert {s.status for s in statuses} == {401}
+        assert provider.requests["jwks"] == 2
+
+    async def test_a_token_without_the_required_group_is_a_403(
+        self, api: TestClient[Any, Any], provider: Provider
+    ) -> None:
+        for claims in ({"groups": ["staff"]}, {"groups": None}, {"groups": "staff"}):
+            response = await api.get(DATA, headers=bearer(provider.token(**claims)))
+            params = await assert_denied(response, 403, "insufficient_scope")
+            assert "groups" in params["error_description"]
+
+    async def test_issuer_down_is_a_503_not_a_401_and_it_recovers(
+        self, make_client: Callable[..., Any], provider: Provider
+    ) -> None:
+        api = await make_client(jwks_refresh=0)
+        provider.down = True
+        response = await api.get(DATA, headers=bearer(provider.token()))
+        assert response.status == 503
+        assert response.content_type == "application/problem+json"
+        assert int(response.headers["Retry-After"]) >= 1
+        assert "WWW-Authenticate" not in response.headers
+        provider.down = False
+        assert (await api.get(DATA, headers=bearer(provider.token()))).status == 200
+
+    async def test_an_unreachable_or_foreign_issuer_is_a_503(
+        self, make_client: Callable[..., Any], provider: Provider
+    ) -> None:
+        unreachable = await make_client(issuer=f"http://127.0.0.1:{free_port()}")
+        response = await unreachable.get(DATA, headers=bearer(provider.token()))
+        assert response.status == 503
+        # Discovery that names another issuer is no source of keys for this one.
+        provider.claimed_issuer = "https://impostor.example"
+        foreign = await make_client()
+        assert (await foreign.get(DATA, headers=bearer(provider.token()))).status == 503
+
+    async def test_bearer_and_oidc_views_do_not_accept_each_others_tokens(
+        self, api: TestClient[Any, Any], provider: Provider
+    ) -> None:
+        await assert_denied(await api.get(DATA, headers=bearer(TOKENS[0])), 401, "invalid_token")
+        response = await api.get(PAYMENTS, headers=bearer(provider.token()))
+        await assert_denied(response, 401, "invalid_token")
+        assert (await api.get("/v0.1/servers")).status == 200  # the default view is open
+
+
+class TestReload:
+    async def test_sighup_rereads_the_tokens_and_api_auth(
+        self, tmp_path: Path, fake_url: str
+    ) -> None:
+        """A real daemon: the old token 401 and the new one 200 after SIGHUP, and [api.auth]
+        added by the reload guards the default view; no token is ever logged."""
+        port = free_port()
+        tokens = tmp_path / "tokens"
+        tokens.write_text("old-token\n")
+        view = (
+            f"[api]\nport = {port}\n"
+            '[[views]]\nname = "payments"\nbase_path = "/teams/payments"\n'
+            f'[views.auth]\ntype = "bearer"\ntokens_file = "{tokens}"\n'
+        )
+        config = write_config(tmp_path, fake_url, view, before_upstreams=True)
+        process = await spawn("--config", config, "serve")
+        base = f"http://127.0.0.1:{port}"
+
+        async def status(path: str, token: str | None = None) -> int:
+            headers = bearer(token) if token else {}
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(base + path, headers=headers) as response,
+            ):
+                return response.status
+
+        try:
+            for _ in range(300):
+                await asyncio.sleep(0.05)
+                try:
+                    if await status("/readyz") == 200:
+                        break
+                except aiohttp.ClientError:
+                    continue
+            assert await status(PAYMENTS, "old-token") == 200
+            assert await status(PAYMENTS, "new-token") == 401
+            tokens.write_text("new-token\n")
+            config.write_text(
+                config.read_text().replace(
+                    f"port = {port}\n",
+                    f'port = {port}\n[api.auth]\ntype = "bearer"\ntokens_file = "{tokens}"\n',
+                )
+            )
+            process.send_signal(signal.SIGHUP)
+            for _ in range(200):
+                await asyncio.sleep(0.05)
+                if await status(PAYMENTS, "old-token") == 401:
+                    break
+            assert await status(PAYMENTS, "old-token") == 401
+            assert await status(PAYMENTS, "new-token") == 200
+            assert await status("/v0.1/servers") == 401
+            assert await status("/v0.1/servers", "new-token") == 200
+            assert await status("/readyz") == 200
+        finally:
+            process.send_signal(signal.SIGTERM)
+            _, err = await asyncio.wait_for(process.communicate(), 30)
+        log = err.decode()
+        assert "config.reloaded" in log and "config.reload_needs_restart" not in log
+        assert "old-token" not in log and "new-token" not in log
