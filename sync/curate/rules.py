@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, NamedTuple
 
-from sync.config import Config, EnrichRule, FilterConfig, OverrideRule
+from sync.config import Config, EnrichRule, FilterConfig, OverrideRule, ViewConfig
 
 __all__ = [
     "Candidate",
@@ -24,6 +24,7 @@ __all__ = [
     "Rule",
     "RuleSet",
     "compile_rules",
+    "compile_view",
     "evaluate",
 ]
 
@@ -263,13 +264,39 @@ def _filter_rules(prefix: str, spec: FilterConfig) -> list[tuple[str, Rule]]:
     return rules
 
 
+def _reads_server(rules: Sequence[tuple[str, Rule]]) -> bool:
+    return any(name.endswith(("registry_types", "transports")) for name, _ in rules)
+
+
+def _rule_list(
+    prefix: str, spec: FilterConfig, enrich: Sequence[EnrichRule], override: Sequence[OverrideRule]
+) -> list[tuple[str, Rule]]:
+    """A filter, enrichments and overrides, in that order, named under `prefix`."""
+    rules = _filter_rules(f"{prefix}filter.", spec)
+    rules += [
+        (f"{prefix}enrich[{i}]", _enrich(f"{prefix}enrich[{i}]", e)) for i, e in enumerate(enrich)
+    ]
+    rules += [
+        (f"{prefix}override[{i}]", _override(f"{prefix}override[{i}]", o))
+        for i, o in enumerate(override)
+    ]
+    return rules
+
+
+def compile_view(view: ViewConfig) -> RuleSet:
+    """A named view's own rules (named `views.<name>.…`), run on top of the default view's
+    outcome; its `latest_versions` caps what they keep."""
+    prefix = f"views.{view.name}."
+    rules = _rule_list(prefix, view.filter, view.enrich, view.override)
+    caps: tuple[tuple[str, int], ...] = ()
+    if view.filter.latest_versions:
+        caps = ((f"{prefix}filter.latest_versions", view.filter.latest_versions),)
+    return RuleSet(tuple(rules), caps, _reads_server(rules))
+
+
 def compile_rules(config: Config) -> dict[str, RuleSet]:
     """One RuleSet per upstream: its own filter first, then the global rules."""
-    shared = _filter_rules("filter.", config.filter)
-    shared += [(f"enrich[{i}]", _enrich(f"enrich[{i}]", e)) for i, e in enumerate(config.enrich)]
-    shared += [
-        (f"override[{i}]", _override(f"override[{i}]", o)) for i, o in enumerate(config.override)
-    ]
+    shared = _rule_list("", config.filter, config.enrich, config.override)
     sets: dict[str, RuleSet] = {}
     for upstream in config.upstreams:
         own: list[tuple[str, Rule]] = []
@@ -282,6 +309,5 @@ def compile_rules(config: Config) -> dict[str, RuleSet]:
         if config.filter.latest_versions:
             caps.append(("filter.latest_versions", config.filter.latest_versions))
         chosen = own + shared
-        needs_server = any(name.endswith(("registry_types", "transports")) for name, _ in chosen)
-        sets[upstream.name] = RuleSet(tuple(chosen), tuple(caps), needs_server)
+        sets[upstream.name] = RuleSet(tuple(chosen), tuple(caps), _reads_server(chosen))
     return sets
