@@ -7,6 +7,7 @@ real engine against a fake registry on a loopback port, on both backends."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -168,6 +169,37 @@ class TestDerive:
         assert (
             dropped["1.0.0"] == "views.two.filter.latest_versions: not among the 2 newest versions"
         )
+
+    def test_name_rules_asked_once_per_name_decide_as_per_version(self) -> None:
+        config = configure(
+            views=[
+                {
+                    "name": "team",
+                    "base_path": "/team",
+                    "filter": {
+                        "include": ["x.io/*"],
+                        "exclude": ["x.io/b"],
+                        "statuses": ["active"],
+                    },
+                }
+            ]
+        )
+        entries = [
+            entry(i + 1, name, f"1.0.{i}", status="deprecated" if i % 3 == 0 else "active")
+            for i, name in enumerate(["x.io/a", "x.io/a", "x.io/b", "x.io/b", "y.io/c", "x.io/a"])
+        ]
+        fast = view_of(config, "team")
+        assert fast.rules.by_name == 2
+        slow = NamedView("team", dataclasses.replace(fast.rules, by_name=0))
+        for name in ("x.io/a", "x.io/b", "y.io/c"):
+            of_name = [e for e in entries if e.name == name]
+            decisions, _ = decide(of_name, ["official"], compile_rules(config))
+            quick, quick_hits = derive(decisions, fast)
+            full, full_hits = derive(decisions, slow)
+            assert quick_hits == full_hits and quick_hits
+            assert [(d.entry.id, d.served, d.reason, d.is_latest) for d in quick] == [
+                (d.entry.id, d.served, d.reason, d.is_latest) for d in full
+            ]
 
     def test_a_row_leaving_a_view_is_its_tombstone_with_the_rule(self) -> None:
         config = configure(

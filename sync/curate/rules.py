@@ -8,6 +8,7 @@ drop ends the evaluation (like structlog's DropEvent). Nothing here does I/O.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -119,6 +120,9 @@ class RuleSet:
     rules: tuple[tuple[str, Rule], ...]
     latest_versions: tuple[tuple[str, int], ...] = ()
     needs_server: bool = False  # whether any rule reads the server.json itself
+    # How many leading rules read nothing but the name (include, exclude): their verdict holds
+    # for every version of a name, so a view asks them once per name.
+    by_name: int = 0
 
 
 def evaluate(candidate: Candidate, rules: Sequence[tuple[str, Rule]]) -> Outcome:
@@ -149,9 +153,17 @@ def evaluate(candidate: Candidate, rules: Sequence[tuple[str, Rule]]) -> Outcome
 # --- rule constructors: each returns a pure function over one Candidate ---------------------
 
 
+def _matcher(globs: Sequence[str]) -> Callable[[str], object]:
+    """`fnmatchcase` against any of `globs`, as one compiled pattern: rules run once per
+    stored version and view on every reapply, where matching glob by glob dominated."""
+    return re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs)).match
+
+
 def _include(rule: str, globs: tuple[str, ...]) -> Rule:
+    matches = _matcher(globs)
+
     def include(c: Candidate) -> Effect | None:
-        if any(fnmatchcase(c.name, g) for g in globs):
+        if matches(c.name):
             return None
         return Effect(rule, f"name matches none of {list(globs)}", drop=True)
 
@@ -159,8 +171,12 @@ def _include(rule: str, globs: tuple[str, ...]) -> Rule:
 
 
 def _exclude(rule: str, globs: tuple[str, ...]) -> Rule:
+    matches = _matcher(globs)
+
     def exclude(c: Candidate) -> Effect | None:
-        for glob in globs:
+        if not matches(c.name):
+            return None
+        for glob in globs:  # which one, for the reason
             if fnmatchcase(c.name, glob):
                 return Effect(rule, f"name matches {glob!r}", drop=True)
         return None
@@ -219,8 +235,10 @@ def _transports(rule: str, allowed: tuple[str, ...]) -> Rule:
 
 
 def _enrich(rule: str, spec: EnrichRule) -> Rule:
+    matches = _matcher((spec.match,))
+
     def enrich(c: Candidate) -> Effect | None:
-        if not fnmatchcase(c.name, spec.match):
+        if not matches(c.name):
             return None
         return Effect(rule, f"name matches {spec.match!r}", meta=spec.meta)
 
@@ -228,8 +246,10 @@ def _enrich(rule: str, spec: EnrichRule) -> Rule:
 
 
 def _override(rule: str, spec: OverrideRule) -> Rule:
+    matches = _matcher((spec.name,))
+
     def override(c: Candidate) -> Effect | None:
-        if not fnmatchcase(c.name, spec.name):
+        if not matches(c.name):
             return None
         if spec.version is not None and c.version != spec.version:
             return None
@@ -291,7 +311,12 @@ def compile_view(view: ViewConfig) -> RuleSet:
     caps: tuple[tuple[str, int], ...] = ()
     if view.filter.latest_versions:
         caps = ((f"{prefix}filter.latest_versions", view.filter.latest_versions),)
-    return RuleSet(tuple(rules), caps, _reads_server(rules))
+    by_name = 0
+    for name, _ in rules:
+        if not name.endswith(("filter.include", "filter.exclude")):
+            break
+        by_name += 1
+    return RuleSet(tuple(rules), caps, _reads_server(rules), by_name)
 
 
 def compile_rules(config: Config) -> dict[str, RuleSet]:

@@ -3,12 +3,14 @@
 Pure functions over the stored entries of a few names. The engine builds the names a page
 touched (`sync.curate.views.build_views`, which derives every named view from these decisions;
 `reapply` walks every name in batches); the store then writes only the rows whose served form
-changed, so the mirror's `updatedAt` moves exactly when a client would see a difference. A row served once and no longer allowed becomes a tombstone (status
-`deleted`, the reason under the mirror's key) so that downstream mirrors learn of it.
+changed, so the mirror's `updatedAt` moves exactly when a client would see a difference. A row
+served once and no longer allowed becomes a tombstone (status `deleted`, the reason under the
+mirror's key) so that downstream mirrors learn of it.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections import Counter, defaultdict
@@ -25,6 +27,7 @@ __all__ = [
     "Build",
     "EntryDecision",
     "Kept",
+    "Rendered",
     "assemble",
     "candidate_of",
     "decide",
@@ -45,6 +48,11 @@ class EntryDecision(NamedTuple):
     served: bool
     reason: str
     is_latest: bool = False
+
+
+# Rows rendered for one name, by (entry id, id of the outcome, is_latest): only valid while
+# those outcomes live, so kept for one name at a time.
+Rendered = dict[tuple[int, int, bool], ServedRow]
 
 
 @dataclass(slots=True)
@@ -115,7 +123,8 @@ def decide(
             candidate = candidate_of(entry)
             ruleset = rules[entry.upstream]
             outcome = evaluate(candidate, ruleset.rules)
-            hits.update(effect.rule for effect in outcome.effects)
+            for effect in outcome.effects:  # most entries have none: no generator
+                hits[effect.rule] += 1
             if outcome.kept:
                 kept.append(Kept(entry, outcome))
             else:
@@ -163,15 +172,25 @@ def assemble(
     by_id: Mapping[int, StoredEntry],
     namespace: str,
     result: Build,
+    rendered: Rendered | None = None,
 ) -> None:
     """One name's rows in one view: its served versions, and a tombstone for each version the
-    view served before and no longer does (with the reason it left)."""
+    view served before and no longer does (with the reason it left). A row another view of
+    the name already rendered from the same outcome, equally latest, is reused from
+    `rendered`: a view whose rules leave a row as the default serves it costs no rendering."""
     served_keys = set()
     reasons: dict[int, str] = {}
     for d in decisions:
         if d.served and d.outcome is not None:
             served_keys.add(d.entry.version)
-            result.rows.append(served_row(d.entry, d.outcome, d.is_latest, namespace))
+            if rendered is None:
+                result.rows.append(served_row(d.entry, d.outcome, d.is_latest, namespace))
+                continue
+            key = (d.entry.id, id(d.outcome), d.is_latest)
+            shared = rendered.get(key)
+            if shared is None:
+                shared = rendered[key] = served_row(d.entry, d.outcome, d.is_latest, namespace)
+            result.rows.append(shared)
         else:
             reasons[d.entry.id] = d.reason
     for version, row in before:
@@ -184,17 +203,21 @@ def assemble(
         result.rows.append(tombstone(withdrawn, reason, namespace))
 
 
-def _passthrough(entry: StoredEntry, namespace: str) -> dict[str, Any]:
-    """Response-level `_meta` keys of other registries travel on untouched."""
-    if not entry.meta:
-        return {}
+@functools.lru_cache(maxsize=4096)
+def _passthrough(meta: str | None, namespace: str) -> str:
+    """Response-level `_meta` keys of other registries travel on untouched: their JSON
+    members, rendered once per entry however many views serve it (a view's rows are built
+    right after the default's, so the cache holds them)."""
+    if not meta:
+        return ""
     try:
-        meta = json.loads(entry.meta)
+        parsed = json.loads(meta)
     except ValueError:
-        return {}
-    if not isinstance(meta, dict):
-        return {}
-    return {k: v for k, v in meta.items() if k not in (OFFICIAL, namespace)}
+        return ""
+    if not isinstance(parsed, dict):
+        return ""
+    kept = {k: v for k, v in parsed.items() if k not in (OFFICIAL, namespace)}
+    return _dumps(kept)[1:-1] if kept else ""
 
 
 _RESERVED = frozenset({"upstream", "upstreamUpdatedAt", "syncedAt"})
@@ -225,9 +248,9 @@ def _render(
         "true" if is_latest else "false",
         "}",
     ]
-    passthrough = _passthrough(entry, namespace)
+    passthrough = _passthrough(entry.meta, namespace)
     if passthrough:
-        parts += [",", _dumps(passthrough)[1:-1]]
+        parts += [",", passthrough]
     parts += [",", quote(namespace), ":{"]
     own = {k: v for k, v in extra.items() if k not in _RESERVED}
     if own:

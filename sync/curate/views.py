@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from sync.config import DEFAULT_VIEW
-from sync.curate.rules import Candidate, Outcome, Rule, RuleSet, evaluate
+from sync.curate.rules import Candidate, Effect, Outcome, Rule, RuleSet, evaluate
 from sync.curate.versions import latest_of, version_key
 from sync.curate.view import (
     Build,
     EntryDecision,
     Kept,
+    Rendered,
     assemble,
     decide,
     existing_by_name,
@@ -43,7 +44,8 @@ class NamedView:
 
 def on_top(entry: StoredEntry, base: Outcome, rules: Sequence[tuple[str, Rule]]) -> Outcome:
     """A view's rules over one entry as the default view serves it. The enrichment merges
-    default-then-view; the view's own status decision, if any, wins over the default's."""
+    default-then-view; the view's own status decision, if any, wins over the default's.
+    `base` itself when no rule of the view acted (so its rendered row can be shared)."""
     candidate = Candidate(
         entry.upstream,
         entry.name,
@@ -54,6 +56,8 @@ def on_top(entry: StoredEntry, base: Outcome, rules: Sequence[tuple[str, Rule]])
         entry.server,
     )
     own = evaluate(candidate, rules)
+    if not own.effects:
+        return base
     if not own.kept:
         return own
     meta: dict[str, Any] = {**base.meta, **own.meta}
@@ -64,20 +68,43 @@ def on_top(entry: StoredEntry, base: Outcome, rules: Sequence[tuple[str, Rule]])
     return Outcome(True, own.status, own.status_message, meta, decision, own.effects)
 
 
+def _by_name(decisions: Sequence[EntryDecision], rules: RuleSet) -> Effect | None:
+    """The drop, if any, of the view's leading name-only rules: one verdict for the name."""
+    first = next((d for d in decisions if d.served and d.outcome is not None), None)
+    if first is None or not rules.by_name:
+        return None
+    candidate = Candidate(first.entry.upstream, first.entry.name, "", "", None, "")
+    for _, rule in rules.rules[: rules.by_name]:
+        effect = rule(candidate)
+        if effect is not None:
+            return effect
+    return None
+
+
 def derive(
-    decisions: Iterable[EntryDecision], view: NamedView
+    decisions: Sequence[EntryDecision], view: NamedView
 ) -> tuple[list[EntryDecision], Counter[str]]:
     """A view's verdict on every entry of one name, from the default view's `decide`."""
     hits: Counter[str] = Counter()
     result: list[EntryDecision] = []
     kept: list[Kept] = []
+    dropped_name = _by_name(decisions, view.rules)
+    rest = view.rules.rules[view.rules.by_name :]
     for d in decisions:
         if not d.served or d.outcome is None:
             reason = f"not served by the default view: {d.reason}"
             result.append(EntryDecision(d.entry, None, False, reason))
             continue
-        outcome = on_top(d.entry, d.outcome, view.rules.rules)
-        hits.update(effect.rule for effect in outcome.effects)
+        if dropped_name is not None:
+            hits[dropped_name.rule] += 1
+            outcome = Outcome(False, d.outcome.status, None, {}, None, (dropped_name,))
+            reason = f"{dropped_name.rule}: {dropped_name.reason}"
+            result.append(EntryDecision(d.entry, outcome, False, reason))
+            continue
+        outcome = on_top(d.entry, d.outcome, rest)
+        if outcome is not d.outcome:  # the default's own effects are not this view's
+            for effect in outcome.effects:
+                hits[effect.rule] += 1
         if outcome.kept:
             kept.append(Kept(d.entry, outcome))
         else:
@@ -116,11 +143,23 @@ def build_views(
     results = {view: Build() for view in names}
     for name, entries_of_name in by_name.items():
         decisions, hits = decide(entries_of_name, order, rules)
+        rendered: Rendered = {}  # per name: keyed by the identity of its live outcomes
         if DEFAULT_VIEW in results:
-            results[DEFAULT_VIEW].hits.update(hits)
-            assemble(decisions, before[DEFAULT_VIEW][name], by_id, namespace, results[DEFAULT_VIEW])
+            if hits:
+                results[DEFAULT_VIEW].hits.update(hits)
+            assemble(
+                decisions,
+                before[DEFAULT_VIEW][name],
+                by_id,
+                namespace,
+                results[DEFAULT_VIEW],
+                rendered,
+            )
         for view in chosen:
             derived, view_hits = derive(decisions, view)
-            results[view.name].hits.update(view_hits)
-            assemble(derived, before[view.name][name], by_id, namespace, results[view.name])
+            if view_hits:
+                results[view.name].hits.update(view_hits)
+            assemble(
+                derived, before[view.name][name], by_id, namespace, results[view.name], rendered
+            )
     return results
