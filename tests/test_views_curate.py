@@ -18,7 +18,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from sync.config import DEFAULT_VIEW, Config, config_from_mapping
-from sync.curate.curation import rules_digest, view_digest
+from sync.curate.curation import Curator, rules_digest, view_digest
 from sync.curate.explain import explain, render
 from sync.curate.rules import compile_rules, compile_view
 from sync.curate.view import decide
@@ -508,6 +508,23 @@ class TestViewsEndToEnd:
         final = await views(removed, DEFAULT_VIEW, "data")
         assert stamps(final[DEFAULT_VIEW]) == stamps(before[DEFAULT_VIEW])
         assert stamps(final["data"]) == stamps(before["data"])
+
+    async def test_a_full_reapply_drops_the_views_no_longer_configured(
+        self, make_config: Make, fake_url: str
+    ) -> None:
+        await run(make(make_config, fake_url, PAYMENTS, DATA))
+        config = make(make_config, fake_url, DATA)
+        store = await open_writer(config.storage)
+        try:
+            await Curator(config, store, Metrics()).reapply()  # what `subregistry reapply` runs
+        finally:
+            await store.close()
+        reader = await open_reader(config.storage)
+        try:
+            assert await reader.served_counts("payments") == ({}, 0)
+            assert (await reader.served_counts("data"))[1] > 0
+        finally:
+            await reader.close()
 
     async def test_a_global_rule_change_reapplies_every_view(
         self, make_config: Make, fake_url: str, fake: FakeRegistry

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 
 import structlog
 
@@ -112,12 +112,15 @@ class Curator:
         return built
 
     async def reapply(self, views: Collection[str] | None = None) -> tuple[int, int]:
-        """Re-evaluate every stored entry in `views` (default: all), in one walk over the
-        stored names that writes only those views; return (names evaluated, rows changed)."""
+        """Re-evaluate every stored entry in `views` (default: every view, and the views no
+        longer configured are dropped), in one walk over the stored names that writes only
+        those views; return (names evaluated, rows changed)."""
         started = time.perf_counter()
         targets = list(self.digests) if views is None else [v for v in self.digests if v in views]
         names_seen = changed = 0
         async with self.store.transaction():
+            if views is None:
+                await self._drop_removed(await self._stored_digests())
             for view in targets:
                 await self.store.reset_rule_hits(view)
                 # Until the walk ends the view is neither the old rules' nor the new ones':
@@ -150,14 +153,8 @@ class Curator:
         views no longer configured, and reapply exactly the views whose rules digest changed
         (a view added has none yet). True if anything ran."""
         async with self.store.transaction():
-            stored = {
-                key.removeprefix(_DIGEST): value
-                for key, value in (await self.store.settings_under(_DIGEST)).items()
-            }
-            removed = sorted(set(stored) - set(self.digests) - {DEFAULT_VIEW})
-            for view in removed:
-                dropped = await self.store.drop_view(view)
-                log.info("curation.view_dropped", view=view, rows=dropped)
+            stored = await self._stored_digests()
+            removed = await self._drop_removed(stored)
             if not await self.store.names_after("", 1):
                 for view, digest in self.digests.items():
                     await self.store.set_setting(_key(view), digest)
@@ -172,3 +169,16 @@ class Curator:
         )
         await self.reapply(changed)
         return True
+
+    async def _stored_digests(self) -> dict[str, str]:
+        found = await self.store.settings_under(_DIGEST)
+        return {key.removeprefix(_DIGEST): value for key, value in found.items()}
+
+    async def _drop_removed(self, stored: Mapping[str, str]) -> list[str]:
+        """Forget the views that have a stored digest but no configuration any more (a reapply
+        stores a view's digest, empty, before it writes the view's first row)."""
+        removed = sorted(set(stored) - set(self.digests) - {DEFAULT_VIEW})
+        for view in removed:
+            dropped = await self.store.drop_view(view)
+            log.info("curation.view_dropped", view=view, rows=dropped)
+        return removed
