@@ -45,7 +45,7 @@ SERIAL = web.AppKey("serial", SerialState)
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     store = await open_store(config.storage)
-    engine = Engine(config, store, app[METRICS], clock=app[CLOCK], view=app[VIEW])
+    engine = Engine(config, store, app[METRICS], clock=app[CLOCK])
     writing = app[WRITING]
     writing.store, writing.engine = store, engine
     try:

@@ -31,7 +31,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sync.config import Config
 from sync.errors import NotLeader, SchemaTooNew, StoreError
 from sync.pull.engine import Engine
-from sync.serve.api import CLOCK, CONFIG, LIVE, METRICS, VIEW
+from sync.serve.api import CLOCK, CONFIG, LIVE, METRICS
 from sync.store import Store, open_store
 
 if TYPE_CHECKING:
@@ -141,7 +141,7 @@ async def _elected(app: web.Application, store: Store, leads: Leads, epoch: int)
         try:
             await leads.lead(epoch, leads.holder)
             config = app[LIVE].config
-            engine = Engine(config, store, app[METRICS], clock=app[CLOCK], view=app[VIEW])
+            engine = Engine(config, store, app[METRICS], clock=app[CLOCK])
             closed = await engine.startup()
         except NotLeader:
             leads.unlead()

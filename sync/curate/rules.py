@@ -8,6 +8,7 @@ drop ends the evaluation (like structlog's DropEvent). Nothing here does I/O.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, NamedTuple
 
-from sync.config import Config, EnrichRule, FilterConfig, OverrideRule
+from sync.config import Config, EnrichRule, FilterConfig, OverrideRule, ViewConfig
 
 __all__ = [
     "Candidate",
@@ -24,6 +25,7 @@ __all__ = [
     "Rule",
     "RuleSet",
     "compile_rules",
+    "compile_view",
     "evaluate",
 ]
 
@@ -118,6 +120,9 @@ class RuleSet:
     rules: tuple[tuple[str, Rule], ...]
     latest_versions: tuple[tuple[str, int], ...] = ()
     needs_server: bool = False  # whether any rule reads the server.json itself
+    # How many leading rules read nothing but the name (include, exclude): their verdict holds
+    # for every version of a name, so a view asks them once per name.
+    by_name: int = 0
 
 
 def evaluate(candidate: Candidate, rules: Sequence[tuple[str, Rule]]) -> Outcome:
@@ -148,9 +153,17 @@ def evaluate(candidate: Candidate, rules: Sequence[tuple[str, Rule]]) -> Outcome
 # --- rule constructors: each returns a pure function over one Candidate ---------------------
 
 
+def _matcher(globs: Sequence[str]) -> Callable[[str], object]:
+    """`fnmatchcase` against any of `globs`, as one compiled pattern: rules run once per
+    stored version and view on every reapply, where matching glob by glob dominated."""
+    return re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs)).match
+
+
 def _include(rule: str, globs: tuple[str, ...]) -> Rule:
+    matches = _matcher(globs)
+
     def include(c: Candidate) -> Effect | None:
-        if any(fnmatchcase(c.name, g) for g in globs):
+        if matches(c.name):
             return None
         return Effect(rule, f"name matches none of {list(globs)}", drop=True)
 
@@ -158,8 +171,12 @@ def _include(rule: str, globs: tuple[str, ...]) -> Rule:
 
 
 def _exclude(rule: str, globs: tuple[str, ...]) -> Rule:
+    matches = _matcher(globs)
+
     def exclude(c: Candidate) -> Effect | None:
-        for glob in globs:
+        if not matches(c.name):
+            return None
+        for glob in globs:  # which one, for the reason
             if fnmatchcase(c.name, glob):
                 return Effect(rule, f"name matches {glob!r}", drop=True)
         return None
@@ -218,8 +235,10 @@ def _transports(rule: str, allowed: tuple[str, ...]) -> Rule:
 
 
 def _enrich(rule: str, spec: EnrichRule) -> Rule:
+    matches = _matcher((spec.match,))
+
     def enrich(c: Candidate) -> Effect | None:
-        if not fnmatchcase(c.name, spec.match):
+        if not matches(c.name):
             return None
         return Effect(rule, f"name matches {spec.match!r}", meta=spec.meta)
 
@@ -227,8 +246,10 @@ def _enrich(rule: str, spec: EnrichRule) -> Rule:
 
 
 def _override(rule: str, spec: OverrideRule) -> Rule:
+    matches = _matcher((spec.name,))
+
     def override(c: Candidate) -> Effect | None:
-        if not fnmatchcase(c.name, spec.name):
+        if not matches(c.name):
             return None
         if spec.version is not None and c.version != spec.version:
             return None
@@ -263,13 +284,44 @@ def _filter_rules(prefix: str, spec: FilterConfig) -> list[tuple[str, Rule]]:
     return rules
 
 
+def _reads_server(rules: Sequence[tuple[str, Rule]]) -> bool:
+    return any(name.endswith(("registry_types", "transports")) for name, _ in rules)
+
+
+def _rule_list(
+    prefix: str, spec: FilterConfig, enrich: Sequence[EnrichRule], override: Sequence[OverrideRule]
+) -> list[tuple[str, Rule]]:
+    """A filter, enrichments and overrides, in that order, named under `prefix`."""
+    rules = _filter_rules(f"{prefix}filter.", spec)
+    rules += [
+        (f"{prefix}enrich[{i}]", _enrich(f"{prefix}enrich[{i}]", e)) for i, e in enumerate(enrich)
+    ]
+    rules += [
+        (f"{prefix}override[{i}]", _override(f"{prefix}override[{i}]", o))
+        for i, o in enumerate(override)
+    ]
+    return rules
+
+
+def compile_view(view: ViewConfig) -> RuleSet:
+    """A named view's own rules (named `views.<name>.…`), run on top of the default view's
+    outcome; its `latest_versions` caps what they keep."""
+    prefix = f"views.{view.name}."
+    rules = _rule_list(prefix, view.filter, view.enrich, view.override)
+    caps: tuple[tuple[str, int], ...] = ()
+    if view.filter.latest_versions:
+        caps = ((f"{prefix}filter.latest_versions", view.filter.latest_versions),)
+    by_name = 0
+    for name, _ in rules:
+        if not name.endswith(("filter.include", "filter.exclude")):
+            break
+        by_name += 1
+    return RuleSet(tuple(rules), caps, _reads_server(rules), by_name)
+
+
 def compile_rules(config: Config) -> dict[str, RuleSet]:
     """One RuleSet per upstream: its own filter first, then the global rules."""
-    shared = _filter_rules("filter.", config.filter)
-    shared += [(f"enrich[{i}]", _enrich(f"enrich[{i}]", e)) for i, e in enumerate(config.enrich)]
-    shared += [
-        (f"override[{i}]", _override(f"override[{i}]", o)) for i, o in enumerate(config.override)
-    ]
+    shared = _rule_list("", config.filter, config.enrich, config.override)
     sets: dict[str, RuleSet] = {}
     for upstream in config.upstreams:
         own: list[tuple[str, Rule]] = []
@@ -282,6 +334,5 @@ def compile_rules(config: Config) -> dict[str, RuleSet]:
         if config.filter.latest_versions:
             caps.append(("filter.latest_versions", config.filter.latest_versions))
         chosen = own + shared
-        needs_server = any(name.endswith(("registry_types", "transports")) for name, _ in chosen)
-        sets[upstream.name] = RuleSet(tuple(chosen), tuple(caps), needs_server)
+        sets[upstream.name] = RuleSet(tuple(chosen), tuple(caps), _reads_server(chosen))
     return sets

@@ -9,6 +9,7 @@ when it changes, so the mirror recomputes this itself.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -46,8 +47,10 @@ _Key = tuple[object, ...]
 T = TypeVar("T", bound="Versioned")
 
 
+@functools.lru_cache(maxsize=65536)
 def version_key(version: str, published_at: str | None) -> _Key:
-    """A sort key whose maximum is the latest version."""
+    """A sort key whose maximum is the latest version (cached: every view of a name asks
+    again for the same versions, and a reapply asks for every version)."""
     published = parse_timestamp(published_at)
     match = _SEMVER.match(version)
     if match is None:

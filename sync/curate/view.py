@@ -1,14 +1,16 @@
 """The served view, computed: ownership, rules, version caps, latest, and the served `_meta`.
 
-Pure functions over the stored entries of a few names. The engine calls `build` for the names
-a page touched (and `reapply` walks every name in batches); the store then writes only the
-rows whose served form changed, so the mirror's `updatedAt` moves exactly when a client would
-see a difference. A row served once and no longer allowed becomes a tombstone (status
-`deleted`, the reason under the mirror's key) so that downstream mirrors learn of it.
+Pure functions over the stored entries of a few names. The engine builds the names a page
+touched (`sync.curate.views.build_views`, which derives every named view from these decisions;
+`reapply` walks every name in batches); the store then writes only the rows whose served form
+changed, so the mirror's `updatedAt` moves exactly when a client would see a difference. A row
+served once and no longer allowed becomes a tombstone (status `deleted`, the reason under the
+mirror's key) so that downstream mirrors learn of it.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections import Counter, defaultdict
@@ -21,7 +23,19 @@ from sync.curate.rules import Candidate, Outcome, RuleSet, evaluate
 from sync.curate.versions import latest_of, parse_timestamp, version_key
 from sync.model import OFFICIAL, ExistingServed, ServedRow, StoredEntry
 
-__all__ = ["Build", "EntryDecision", "build", "candidate_of", "decide"]
+__all__ = [
+    "Build",
+    "EntryDecision",
+    "Kept",
+    "Rendered",
+    "assemble",
+    "candidate_of",
+    "decide",
+    "existing_by_name",
+    "group",
+    "served_row",
+    "tombstone",
+]
 
 STAMP = "{stamp}"
 
@@ -36,6 +50,11 @@ class EntryDecision(NamedTuple):
     is_latest: bool = False
 
 
+# Rows rendered for one name, by (entry id, id of the outcome, is_latest): only valid while
+# those outcomes live, so kept for one name at a time.
+Rendered = dict[tuple[int, int, bool], ServedRow]
+
+
 @dataclass(slots=True)
 class Build:
     rows: list[ServedRow] = field(default_factory=list)
@@ -43,7 +62,7 @@ class Build:
     changed: int = 0
 
 
-class _Served(NamedTuple):
+class Kept(NamedTuple):
     """Adapter giving latest_of the served status rather than the upstream one."""
 
     entry: StoredEntry
@@ -85,7 +104,7 @@ def decide(
     holders = sorted({e.upstream for e in known if e.removed_at is None}, key=rank.__getitem__)
     owner = holders[0] if holders else None
     decisions: list[EntryDecision] = []
-    kept: list[_Served] = []
+    kept: list[Kept] = []
     for entry in sorted(entries, key=lambda e: (rank.get(e.upstream, len(rank)), e.version)):
         if entry.upstream not in rank:
             reason = f"upstream {entry.upstream!r} is no longer configured"
@@ -104,9 +123,10 @@ def decide(
             candidate = candidate_of(entry)
             ruleset = rules[entry.upstream]
             outcome = evaluate(candidate, ruleset.rules)
-            hits.update(effect.rule for effect in outcome.effects)
+            for effect in outcome.effects:  # most entries have none: no generator
+                hits[effect.rule] += 1
             if outcome.kept:
-                kept.append(_Served(entry, outcome))
+                kept.append(Kept(entry, outcome))
             else:
                 decisions.append(EntryDecision(entry, outcome, False, outcome.effects[-1].reason))
     if owner is not None:
@@ -125,56 +145,79 @@ def decide(
     return decisions, hits
 
 
-def build(
+def group(
     entries: Iterable[StoredEntry],
-    order: Sequence[str],
-    rules: Mapping[str, RuleSet],
-    namespace: str,
-    existing: Mapping[tuple[str, str], ExistingServed],
-) -> Build:
-    """Served rows (and tombstones) for every name among `entries`."""
+) -> tuple[dict[str, list[StoredEntry]], dict[int, StoredEntry]]:
+    """Entries by name, and by id (a tombstone is rendered from the entry it withdraws)."""
     by_name: dict[str, list[StoredEntry]] = defaultdict(list)
     by_id: dict[int, StoredEntry] = {}
     for entry in entries:
         by_name[entry.name].append(entry)
         by_id[entry.id] = entry
-    before_by_name: dict[str, list[tuple[str, ExistingServed]]] = defaultdict(list)
-    for (row_name, version), before in existing.items():
-        before_by_name[row_name].append((version, before))
-    result = Build()
-    for name, group in by_name.items():
-        decisions, hits = decide(group, order, rules)
-        result.hits.update(hits)
-        served_keys = set()
-        reasons: dict[int, str] = {}
-        for d in decisions:
-            if d.served and d.outcome is not None:
-                served_keys.add(d.entry.version)
-                result.rows.append(_row(d.entry, d.outcome, d.is_latest, namespace))
-            else:
-                reasons[d.entry.id] = d.reason
-        for version, before in before_by_name[name]:
-            if version in served_keys:
-                continue
-            withdrawn = by_id.get(before.entry_id)
-            if withdrawn is None:
-                continue
-            reason = reasons.get(withdrawn.id, "no longer served")
-            result.rows.append(_tombstone(withdrawn, reason, namespace))
-    return result
+    return by_name, by_id
 
 
-def _passthrough(entry: StoredEntry, namespace: str) -> dict[str, Any]:
-    """Response-level `_meta` keys of other registries travel on untouched."""
-    if not entry.meta:
-        return {}
+def existing_by_name(
+    existing: Mapping[tuple[str, str], ExistingServed],
+) -> defaultdict[str, list[tuple[str, ExistingServed]]]:
+    before: defaultdict[str, list[tuple[str, ExistingServed]]] = defaultdict(list)
+    for (row_name, version), row in existing.items():
+        before[row_name].append((version, row))
+    return before
+
+
+def assemble(
+    decisions: Iterable[EntryDecision],
+    before: Iterable[tuple[str, ExistingServed]],
+    by_id: Mapping[int, StoredEntry],
+    namespace: str,
+    result: Build,
+    rendered: Rendered | None = None,
+) -> None:
+    """One name's rows in one view: its served versions, and a tombstone for each version the
+    view served before and no longer does (with the reason it left). A row another view of
+    the name already rendered from the same outcome, equally latest, is reused from
+    `rendered`: a view whose rules leave a row as the default serves it costs no rendering."""
+    served_keys = set()
+    reasons: dict[int, str] = {}
+    for d in decisions:
+        if d.served and d.outcome is not None:
+            served_keys.add(d.entry.version)
+            if rendered is None:
+                result.rows.append(served_row(d.entry, d.outcome, d.is_latest, namespace))
+                continue
+            key = (d.entry.id, id(d.outcome), d.is_latest)
+            shared = rendered.get(key)
+            if shared is None:
+                shared = rendered[key] = served_row(d.entry, d.outcome, d.is_latest, namespace)
+            result.rows.append(shared)
+        else:
+            reasons[d.entry.id] = d.reason
+    for version, row in before:
+        if version in served_keys:
+            continue
+        withdrawn = by_id.get(row.entry_id)
+        if withdrawn is None:
+            continue
+        reason = reasons.get(withdrawn.id, "no longer served")
+        result.rows.append(tombstone(withdrawn, reason, namespace))
+
+
+@functools.lru_cache(maxsize=4096)
+def _passthrough(meta: str | None, namespace: str) -> str:
+    """Response-level `_meta` keys of other registries travel on untouched: their JSON
+    members, rendered once per entry however many views serve it (a view's rows are built
+    right after the default's, so the cache holds them)."""
+    if not meta:
+        return ""
     try:
-        meta = json.loads(entry.meta)
+        parsed = json.loads(meta)
     except ValueError:
-        return {}
-    if not isinstance(meta, dict):
-        return {}
-    return {k: v for k, v in meta.items() if k not in (OFFICIAL, namespace)}
+        return ""
+    if not isinstance(parsed, dict):
+        return ""
+    kept = {k: v for k, v in parsed.items() if k not in (OFFICIAL, namespace)}
+    return _dumps(kept)[1:-1] if kept else ""
 
 
 _RESERVED = frozenset({"upstream", "upstreamUpdatedAt", "syncedAt"})
@@ -205,9 +248,9 @@ def _render(
         "true" if is_latest else "false",
         "}",
     ]
-    passthrough = _passthrough(entry, namespace)
+    passthrough = _passthrough(entry.meta, namespace)
     if passthrough:
-        parts += [",", _dumps(passthrough)[1:-1]]
+        parts += [",", passthrough]
     parts += [",", quote(namespace), ":{"]
     own = {k: v for k, v in extra.items() if k not in _RESERVED}
     if own:
@@ -228,7 +271,7 @@ def _form(entry: StoredEntry, status: str, is_latest: bool, meta: str) -> bytes:
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
-def _row(entry: StoredEntry, outcome: Outcome, is_latest: bool, namespace: str) -> ServedRow:
+def served_row(entry: StoredEntry, outcome: Outcome, is_latest: bool, namespace: str) -> ServedRow:
     extra: dict[str, Any] = dict(outcome.meta)
     if outcome.decision is not None:
         extra["decision"] = outcome.decision
@@ -247,7 +290,7 @@ def _row(entry: StoredEntry, outcome: Outcome, is_latest: bool, namespace: str) 
     )
 
 
-def _tombstone(entry: StoredEntry, reason: str, namespace: str) -> ServedRow:
+def tombstone(entry: StoredEntry, reason: str, namespace: str) -> ServedRow:
     meta = _render(entry, "deleted", None, False, namespace, {"withdrawn": reason})
     return ServedRow(
         entry.name,

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from sync.config import DEFAULT_VIEW, Config, UpstreamConfig
+from sync.config import Config, UpstreamConfig
 from sync.curate.curation import Curator
 from sync.errors import (
     StoreError,
@@ -50,18 +50,16 @@ class Engine:
         monotonic: Callable[[], float] = time.monotonic,
         backoff: tuple[float, float] = (1.0, 60.0),
         progress: Progress | None = None,
-        view: str = DEFAULT_VIEW,
     ) -> None:
         self.config = config
         self.store = store
         self.metrics = metrics
         self.clock = clock
-        self.view = view
         self._sleep = sleep
         self._monotonic = monotonic
         self._backoff = backoff
         self._progress = progress
-        self.curator = Curator(config, store, metrics, view=view)
+        self.curator = Curator(config, store, metrics)
         self._locks = {u.name: asyncio.Lock() for u in config.upstreams}
         self._clients: dict[str, UpstreamClient] = {}
         self._stop = Stop()

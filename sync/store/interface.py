@@ -107,6 +107,15 @@ class Store(Protocol):
     async def served_state(
         self, view: str, names: Iterable[str]
     ) -> dict[tuple[str, str], ExistingServed]: ...
+    async def served_states(
+        self, views: Sequence[str], names: Iterable[str]
+    ) -> dict[str, dict[tuple[str, str], ExistingServed]]:
+        """`served_state` of several views in one read (a page rebuilds every view)."""
+
+    async def drop_view(self, view: str) -> int:
+        """Forget a view: its served rows (tombstones too), rule hits and rules digest; the
+        number of rows dropped."""
+
     async def write_served(
         self,
         view: str,
@@ -117,6 +126,9 @@ class Store(Protocol):
     async def reset_rule_hits(self, view: str) -> None: ...
     async def setting(self, key: str) -> str | None: ...
     async def set_setting(self, key: str, value: str) -> None: ...
+    async def settings_under(self, prefix: str) -> dict[str, str]:
+        """Every setting whose key starts with `prefix` (the views' rules digests, say)."""
+
     async def served_is_empty(self) -> bool: ...
     async def suspend_search_index(self) -> None: ...
     async def rebuild_search_index(self) -> bool: ...

@@ -51,6 +51,31 @@ class ServedWrites:
             for n, v, entry_id, form in await cursor.fetchall()
         }
 
+    async def served_states(
+        self, views: Sequence[str], names: Iterable[str]
+    ) -> dict[str, dict[tuple[str, str], ExistingServed]]:
+        found: dict[str, dict[tuple[str, str], ExistingServed]] = {view: {} for view in views}
+        wanted = sorted(set(names))
+        if not wanted or not views:
+            return found
+        # As `served_state`: one probe of the (view, name, version) index per view and name.
+        cursor = await self._conn.execute(
+            "SELECT s.view, s.name, s.version, s.entry_id, s.form "
+            "FROM unnest(%b::text[]) AS w(view) CROSS JOIN unnest(%b::text[]) AS k(name) "
+            "CROSS JOIN LATERAL (SELECT view, name, version, entry_id, form FROM served "
+            "WHERE view = w.view AND name = k.name OFFSET 0) AS s",
+            (list(views), wanted),
+        )
+        for view, n, v, entry_id, form in await cursor.fetchall():
+            found[view][(n, v)] = ExistingServed(entry_id, bytes(form))
+        return found
+
+    async def drop_view(self, view: str) -> int:
+        cursor = await self._conn.execute("DELETE FROM served WHERE view = %s", (view,))
+        await self.reset_rule_hits(view)
+        await self._conn.execute("DELETE FROM settings WHERE key = %s", (f"rules_digest:{view}",))
+        return max(cursor.rowcount, 0)
+
     async def write_served(
         self,
         view: str,
@@ -131,6 +156,12 @@ class ServedWrites:
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
+
+    async def settings_under(self, prefix: str) -> dict[str, str]:
+        cursor = await self._conn.execute(
+            "SELECT key, value FROM settings WHERE substr(key, 1, %s) = %s", (len(prefix), prefix)
+        )
+        return {str(k): str(v) for k, v in await cursor.fetchall()}
 
     async def served_is_empty(self) -> bool:
         cursor = await self._conn.execute("SELECT 1 FROM served LIMIT 1")

@@ -35,6 +35,31 @@ class ServedWrites:
         )
         return {(n, v): ExistingServed(entry_id, form) for n, v, entry_id, form in rows}
 
+    async def served_states(
+        self, views: Sequence[str], names: Iterable[str]
+    ) -> dict[str, dict[tuple[str, str], ExistingServed]]:
+        found: dict[str, dict[tuple[str, str], ExistingServed]] = {view: {} for view in views}
+        if not views:
+            return found
+        marks = ",".join("?" * len(views))
+        rows = await select_by_names(
+            self._db,
+            "SELECT view, name, version, entry_id, form FROM served "
+            f"WHERE view IN ({marks}) AND name IN ({{names}})",
+            tuple(views),
+            names,
+        )
+        for view, n, v, entry_id, form in rows:
+            found[view][(n, v)] = ExistingServed(entry_id, form)
+        return found
+
+    async def drop_view(self, view: str) -> int:
+        async with self._db.execute("DELETE FROM served WHERE view = ?", (view,)) as cursor:
+            dropped = cursor.rowcount
+        await self.reset_rule_hits(view)
+        await self._db.execute("DELETE FROM settings WHERE key = ?", (f"rules_digest:{view}",))
+        return dropped
+
     async def write_served(
         self,
         view: str,
@@ -110,6 +135,12 @@ class ServedWrites:
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
+
+    async def settings_under(self, prefix: str) -> dict[str, str]:
+        async with self._db.execute(
+            "SELECT key, value FROM settings WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
+        ) as cursor:
+            return {str(k): str(v) async for k, v in cursor}
 
     async def served_is_empty(self) -> bool:
         async with self._db.execute("SELECT 1 FROM served LIMIT 1") as cursor:
