@@ -19,7 +19,7 @@ import structlog
 
 from sync import __version__, control
 from sync.app import create_app
-from sync.config import DEFAULT_VIEW, Config, load_config
+from sync.config import Config, load_config
 from sync.curate.curation import Curator
 from sync.curate.explain import explain, render
 from sync.errors import StoreLocked
@@ -239,9 +239,7 @@ async def explain_command(
         raise CommandFailed(
             f"no upstream holds {name!r} version {version!r} ({held} other versions held)"
         )
-    # Until the curation side takes `view=`, only the default view can be explained.
-    extra = {} if view == DEFAULT_VIEW else {"view": view}
-    report = {**explain(config, entries, version, **extra), "view": view}
+    report = explain(config, entries, version, view=view)
     served = {"server": json.loads(row[2]), "_meta": json.loads(row[3])} if row else None
     if as_json:
         print(json.dumps({**report, "served": served}, indent=2, ensure_ascii=False))
