@@ -51,23 +51,14 @@ def views_config(path: Path, *, api: dict[str, Any] | None = None, **views: Any)
 
 
 async def write_views(path: Path) -> None:
-    """Each view's served rows, by the curator under the view's name, with the view's filter
-    as its rules (also the global ones, so the rows are the same whether the curator reads
-    the view's rules on top of the default view's, or the global rules alone)."""
-    for name, (base, include) in VIEWS.items():
-        config = config_from_mapping(
-            {
-                "storage": {"path": str(path)},
-                "filter": {"include": include},
-                "upstreams": [{"name": "official", "url": "http://127.0.0.1:9"}],
-                "views": [{"name": name, "base_path": base, "filter": {"include": include}}],
-            }
-        )
-        store = await open_store(config.storage)
-        try:
-            await Curator(config, store, Metrics(), view=name).reapply()
-        finally:
-            await store.close()
+    """Both views' served rows, built from the stored entries by the curator (one reapply
+    builds the default view and every configured view)."""
+    config = views_config(path)
+    store = await open_store(config.storage)
+    try:
+        await Curator(config, store, Metrics()).reapply()
+    finally:
+        await store.close()
 
 
 @pytest.fixture(scope="session")
