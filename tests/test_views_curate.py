@@ -109,6 +109,43 @@ class TestDerive:
         assert not hidden.served
         assert hidden.reason == "not served by the default view: name matches 'x.io/hidden'"
 
+    def test_each_view_serves_its_own_rendering_however_many_views(self) -> None:
+        """Rows rendered for one view are shared with another only when both serve the very
+        same outcome: with several views each enriching, no view carries another's facts
+        (an outcome freed after one view was once mistaken for the next view's by address)."""
+        teams = [f"t{i}" for i in range(6)]
+        config = configure(
+            views=[
+                {
+                    "name": team,
+                    "base_path": f"/{team}",
+                    "enrich": [{"match": "*", "meta": {"team": team}}],
+                }
+                for team in teams
+            ]
+        )
+        entries = [
+            entry(
+                i + 1, f"x.io/s{i % 7}", f"1.0.{i}", published=f"2025-01-{i % 28 + 1:02d}T00:00:00Z"
+            )
+            for i in range(60)
+        ]
+        built = build_views(
+            entries,
+            ["official"],
+            compile_rules(config),
+            [view_of(config, team) for team in teams],
+            NS,
+            {},
+            {DEFAULT_VIEW, *teams},
+        )
+        assert all(
+            NS not in meta(row) or "team" not in meta(row)[NS] for row in built["default"].rows
+        )
+        for team in teams:
+            found = Counter(meta(row)[NS].get("team") for row in built[team].rows)
+            assert found == Counter({team: 60}), (team, found)
+
     def test_the_view_sees_the_default_status_and_its_override_wins(self) -> None:
         config = configure(
             override=[{"name": "x.io/a", "version": "1.0.0", "status": "deprecated"}],

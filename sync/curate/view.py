@@ -52,7 +52,10 @@ class EntryDecision(NamedTuple):
 
 # Rows rendered for one name, by (entry id, id of the outcome, is_latest): only valid while
 # those outcomes live, so kept for one name at a time.
-Rendered = dict[tuple[int, int, bool], ServedRow]
+# Rows rendered for one name, by (entry id, outcome identity, latest). The value holds the
+# outcome itself: alive, its identity cannot pass to another view's outcome, as the address of
+# a freed one would.
+Rendered = dict[tuple[int, int, bool], tuple[Outcome, ServedRow]]
 
 
 @dataclass(slots=True)
@@ -188,9 +191,10 @@ def assemble(
                 continue
             key = (d.entry.id, id(d.outcome), d.is_latest)
             shared = rendered.get(key)
-            if shared is None:
-                shared = rendered[key] = served_row(d.entry, d.outcome, d.is_latest, namespace)
-            result.rows.append(shared)
+            if shared is None or shared[0] is not d.outcome:
+                row = served_row(d.entry, d.outcome, d.is_latest, namespace)
+                shared = rendered[key] = (d.outcome, row)
+            result.rows.append(shared[1])
         else:
             reasons[d.entry.id] = d.reason
     for version, row in before:
