@@ -18,13 +18,14 @@ from collections.abc import Callable
 import structlog
 from aiohttp import web
 
-from sync.config import Config
+from sync.config import DEFAULT_VIEW, Config
+from sync.curate.curation import rules_digest, view_digest
 from sync.errors import ConfigError
 from sync.leading import WRITING, schedule
 from sync.logs import configure_logging
 from sync.serve.api import CLOCK, LIVE
 
-__all__ = ["RELOADING", "reload", "schedule"]
+__all__ = ["RELOADING", "reload", "schedule", "unsettled_views"]
 
 log = structlog.get_logger("sync.reload")
 RELOADING = web.AppKey("reloading", asyncio.Lock)
@@ -77,17 +78,55 @@ async def _apply(app: web.Application, fresh: Config) -> None:
     configure_logging(fresh.logging)
     old = live.config
     changed = [key for key in Config.model_fields if getattr(old, key) != getattr(fresh, key)]
-    live.config = fresh
-    log.info("config.reloaded", changed=changed)
+    unsettled = unsettled_views(old, fresh)
+    live.settling = unsettled
+    try:
+        live.config = fresh
+        log.info("config.reloaded", changed=changed)
+        if not await _reapply(app, fresh) and unsettled:
+            log.warning(
+                "config.reload_auth_with_rules",
+                views=sorted(unsettled),
+                detail="until the writer re-evaluates them, these views' new readers see rows "
+                "of their old rules: change a view's rules and its auth in separate reloads",
+            )
+    finally:
+        live.settling = frozenset()
+
+
+async def _reapply(app: web.Application, fresh: Config) -> bool:
+    """Give the writer the new configuration; True if this process re-evaluated the views."""
     writing = app.get(WRITING)
     if writing is None:
-        return
+        return False
     # Under the lock: on PostgreSQL the engine comes and goes with the leadership; a process
     # elected later starts with `live.config`, set above.
     async with writing.lock:
         engine, scheduler = writing.engine, writing.scheduler
         if engine is None or scheduler is None:
-            return
+            return False
         engine.reconfigure(fresh)
         schedule(scheduler, engine, fresh, app[CLOCK]())
         await engine.curator.ensure_current()
+        return True
+
+
+def unsettled_views(old: Config, new: Config) -> frozenset[str]:
+    """The views whose auth and rules both change: served in between, their new readers would
+    see what their old rules let through (a view narrowed as it opens would show its old,
+    private rows to anyone)."""
+
+    def forms(config: Config) -> dict[str, tuple[object, str]]:
+        found: dict[str, tuple[object, str]] = {
+            DEFAULT_VIEW: (config.api.auth, rules_digest(config))
+        }
+        for view in config.views:
+            found[view.name] = (view.auth, view_digest(config, view))
+        return found
+
+    before, after = forms(old), forms(new)
+    return frozenset(
+        name
+        for name, (auth, digest) in after.items()
+        if name in before and before[name][0] != auth and before[name][1] != digest
+    )

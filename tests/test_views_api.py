@@ -5,8 +5,10 @@ engine, with the views' served rows written by the real curator."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from sync.app import create_app
 from sync.config import Config, config_from_mapping
 from sync.curate.curation import Curator
 from sync.metrics import Metrics
-from sync.reload import reload
+from sync.reload import reload, unsettled_views
 from sync.serve.api import LIVE
 from sync.store import open_store
 from sync.store.sqlite.reader import SqliteReader
@@ -253,6 +255,59 @@ class TestReload:
         assert await reload(app, lambda: views_config(db, payments=None, data=None))
         await get(api, "/d/v0.1/servers", 404)
         assert app[LIVE].config.views == ()
+
+    async def test_a_view_changing_rules_and_auth_together_shows_no_reader_the_old_rows(
+        self, db: Path, tmp_path: Path
+    ) -> None:
+        """Narrowed as it opens: until the writer has re-evaluated the view, its rows are the
+        old rules' and its readers the new auth's. It answers 503 in between, never a row of
+        the old rules to a reader without a token."""
+        tokens = tmp_path / "tokens"
+        tokens.write_text("secret-token\n")
+        closed = {
+            "auth": {"type": "bearer", "tokens_file": str(tokens)},
+            "filter": {"include": ["*"]},
+        }
+        before = views_config(db, payments=closed)
+        after = views_config(db, payments={"filter": {"include": ["ai.exa/*"]}})
+        store = await open_store(before.storage)
+        try:
+            await Curator(before, store, Metrics()).reapply()
+        finally:
+            await store.close()
+        client = TestClient(TestServer(create_app(before, sync=True)))
+        await client.start_server()
+        try:
+            path = "/teams/payments/v0.1/servers?limit=100"
+            assert (await client.get(path)).status == 401
+            seen: Counter[int] = Counter()
+            leaked: list[str] = []
+
+            async def poll() -> None:
+                while True:
+                    response = await client.get(path)
+                    seen[response.status] += 1
+                    if response.status == 200:
+                        page = await response.json()
+                        names = {item["server"]["name"] for item in page["servers"]}
+                        leaked.extend(n for n in names if not n.startswith("ai.exa/"))
+                    await asyncio.sleep(0)
+
+            polling = asyncio.create_task(poll())
+            assert await reload(client.server.app, lambda: after)
+            polling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await polling
+            assert leaked == [] and seen[503] > 0, seen
+            page = await get(client, path)
+            assert {item["server"]["name"] for item in page["servers"]} == {"ai.exa/exa"}
+            # A reload changing the auth alone, or the rules alone, never pauses a view.
+            narrowed = views_config(db, payments={**closed, "filter": {"include": ["ai.exa/*"]}})
+            assert unsettled_views(before, narrowed) == frozenset()
+            assert unsettled_views(before, after.model_copy()) == {"payments"}
+            assert unsettled_views(narrowed, after) == frozenset()
+        finally:
+            await client.close()
 
 
 def metric(text: str, name: str, **labels: str) -> float | None:

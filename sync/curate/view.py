@@ -192,8 +192,8 @@ def assemble(
             key = (d.entry.id, id(d.outcome), d.is_latest)
             shared = rendered.get(key)
             if shared is None or shared[0] is not d.outcome:
-                row = served_row(d.entry, d.outcome, d.is_latest, namespace)
-                shared = rendered[key] = (d.outcome, row)
+                fresh = served_row(d.entry, d.outcome, d.is_latest, namespace)
+                shared = rendered[key] = (d.outcome, fresh)
             result.rows.append(shared[1])
         else:
             reasons[d.entry.id] = d.reason

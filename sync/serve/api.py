@@ -53,6 +53,10 @@ class Live:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        # Views whose rules and auth a reload changes together, while the writer re-evaluates
+        # them: their rows are still the old rules' and their readers already the new auth's,
+        # so they answer 503 until both agree.
+        self.settling: frozenset[str] = frozenset()
 
 
 LIVE = web.AppKey("live_config", Live)

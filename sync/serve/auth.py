@@ -128,6 +128,12 @@ async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
     if view is None:
         raise web.HTTPNotFound()
     request[VIEW_KEY] = view.name
+    if view.name in request.app[LIVE].settling:
+        return problem(
+            503,
+            "this view is being re-evaluated after a configuration change; try again shortly",
+            {"Retry-After": "1"},
+        )
     if not view.auth.enabled:
         return await handler(request)
     response: web.StreamResponse | None = await _denied(request, view)
