@@ -49,6 +49,13 @@ def settle(old: Config, new: Config) -> tuple[Config, list[str]]:
         if "api" in update:
             update["api"] = old_api
         new = new.model_copy(update=update)
+    # The file was checked against its own `api.base_path`; the one kept must be free too.
+    shadowed = [v.name for v in new.views if v.base_path == new.api.base_path]
+    if shadowed:
+        raise ConfigError(
+            f"views[{shadowed[0]}].base_path is the default view's base path "
+            f"{new.api.base_path or '/'!r}, which changes only with a restart"
+        )
     return new, kept
 
 
@@ -56,12 +63,12 @@ async def reload(app: web.Application, load: Callable[[], Config]) -> bool:
     """Load the configuration again and apply it; False (and the old one kept) if it fails."""
     async with app[RELOADING]:
         try:
-            fresh = load()
+            fresh, kept = settle(app[LIVE].config, load())
         except ConfigError as exc:
             log.error("config.reload_refused", error=str(exc), keeping="the running configuration")
             return False
         try:
-            await _apply(app, fresh)
+            await _apply(app, fresh, kept)
         except Exception:
             # The task's outcome must be seen; what applied stays applied (a reapply that
             # failed runs again at the next start, as the stored rules digest tells).
@@ -70,9 +77,8 @@ async def reload(app: web.Application, load: Callable[[], Config]) -> bool:
         return True
 
 
-async def _apply(app: web.Application, fresh: Config) -> None:
+async def _apply(app: web.Application, fresh: Config, kept: list[str]) -> None:
     live = app[LIVE]
-    fresh, kept = settle(live.config, fresh)
     if kept:
         log.warning("config.reload_needs_restart", sections=kept, keeping="their old values")
     configure_logging(fresh.logging)

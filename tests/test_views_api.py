@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from structlog.testing import capture_logs
 
 from sync.app import create_app
 from sync.config import Config, config_from_mapping
@@ -308,6 +309,23 @@ class TestReload:
             assert unsettled_views(narrowed, after) == frozenset()
         finally:
             await client.close()
+
+    async def test_a_view_cannot_take_the_base_path_a_restart_would_free(
+        self, make_client: Callable[..., Any], db: Path
+    ) -> None:
+        """`api.base_path` changes only with a restart: a reload that moves the default view
+        and puts a view at its old place would leave that view shadowed. It is refused whole."""
+        api = await make_client(views_config(db, api={"base_path": "/registry"}))
+        app = api.server.app
+        taking = views_config(db, api={"base_path": "/new"}, payments={"base_path": "/registry"})
+        with capture_logs() as logs:
+            assert not await reload(app, lambda: taking)
+        [refused] = [e for e in logs if e["event"] == "config.reload_refused"]
+        assert "views[payments].base_path" in refused["error"]
+        assert app[LIVE].config.views[0].base_path == "/teams/payments"
+        default = await get(api, "/registry/v0.1/servers?limit=1")
+        assert default["metadata"]["count"] == 1
+        await get(api, "/teams/payments/v0.1/servers?limit=1")
 
 
 def metric(text: str, name: str, **labels: str) -> float | None:
