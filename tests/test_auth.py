@@ -19,9 +19,11 @@ import aiohttp
 import jwt
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from structlog.testing import capture_logs
 
 from sync.app import create_app
 from sync.config import Config
+from sync.serve.oidc import FETCH_LIMIT
 from tests.cli_helpers import free_port, spawn, write_config
 from tests.oidc_provider import AUDIENCE, Provider, make_key, running_provider
 from tests.test_views_api import db, views_config, views_db  # noqa: F401 - fixtures
@@ -385,6 +387,76 @@ class TestOidc:
         response = await api.get(PAYMENTS, headers=bearer(provider.token()))
         await assert_denied(response, 401, "invalid_token")
         assert (await api.get("/v0.1/servers")).status == 200  # the default view is open
+
+
+class TestIssuerFaults:
+    """What the issuer sends is input like any other: read whole, bounded, and any failure to
+    fetch or use it is a failed fetch (503, the issuer asked again at most once per
+    `jwks_refresh`, one log line), never an error escaping the request."""
+
+    async def test_documents_sent_in_pieces_are_read_whole(
+        self, make_client: Callable[..., Any], provider: Provider
+    ) -> None:
+        provider.pieces = 8
+        api = await make_client()
+        assert (await api.get(DATA, headers=bearer(provider.token()))).status == 200
+        assert provider.requests == {"discovery": 1, "jwks": 1}
+
+    @pytest.mark.parametrize(
+        ("route", "body"),
+        [
+            ("discovery", b"[" * 200_000),
+            ("jwks", b"[" * 200_000),
+            ("jwks", b'{"keys": ' + b'{"k": ' * 100_000 + b"1" + b"}" * 100_001),
+            # Over the limit, in pieces: refused, not read to the end and used.
+            ("jwks", b'{"keys": []' + b" " * FETCH_LIMIT + b"}"),
+            ("discovery", b"\xff\xfe\x00not json"),
+            ("discovery", b'"a string"'),
+            ("jwks", b'{"keys": {"kid": "x"}}'),
+        ],
+        ids=[
+            "nested-discovery",
+            "nested-jwks",
+            "nested-object",
+            "oversized",
+            "bytes",
+            "str",
+            "dict",
+        ],
+    )
+    async def test_a_body_that_cannot_be_used_is_a_failed_fetch(
+        self, make_client: Callable[..., Any], provider: Provider, route: str, body: bytes
+    ) -> None:
+        provider.bodies[route] = body
+        provider.pieces = 4
+        api = await make_client()  # jwks_refresh = 1h
+        with capture_logs() as events:
+            responses = [await api.get(DATA, headers=bearer(provider.token())) for _ in range(3)]
+        for response in responses:
+            assert response.status == 503, await response.text()
+            assert response.content_type == "application/problem+json"
+            assert int(response.headers["Retry-After"]) > 3000
+        assert provider.requests[route] == 1  # once per jwks_refresh, not once per request
+        [failed] = [e for e in events if e["event"] == "oidc.keys_unavailable"]
+        assert "\n" not in failed["error"] and len(failed["error"]) < 400
+        assert "exc_info" not in failed
+
+    async def test_a_published_key_that_cannot_be_used_is_skipped(
+        self, make_client: Callable[..., Any], provider: Provider
+    ) -> None:
+        key = provider.rotate("ES256")
+        broken = [
+            {**key.jwk(), "crv": ["P-256"]},
+            {**key.jwk(), "x": 5},
+            {**key.jwk(), "kty": {"EC": 1}},
+        ]
+        provider.bodies["jwks"] = json.dumps({"keys": broken}).encode()
+        only_broken = await make_client()
+        response = await only_broken.get(DATA, headers=bearer(provider.token()))
+        await assert_denied(response, 401, "invalid_token")
+        provider.bodies["jwks"] = json.dumps({"keys": [*broken, key.jwk()]}).encode()
+        with_good = await make_client()
+        assert (await with_good.get(DATA, headers=bearer(provider.token()))).status == 200
 
 
 class TestReload:

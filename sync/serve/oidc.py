@@ -68,11 +68,17 @@ class KeysUnavailable(Exception):
         self.retry_after = max(1, math.ceil(retry_after))
 
 
+def _one_line(exc: BaseException) -> str:
+    """The error as one short log line: an issuer's text is neither trusted nor bounded."""
+    text = " ".join(str(exc).split())[:300]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _fits(jwk: dict[str, Any], alg: str) -> bool:
     kty, curves = _FITS.get(alg, ("", None))
     return (
         jwk.get("kty") == kty
-        and (curves is None or jwk.get("crv") in curves)
+        and (curves is None or (isinstance(jwk.get("crv"), str) and jwk["crv"] in curves))
         and jwk.get("alg", alg) == alg
         and jwk.get("use", "sig") == "sig"
     )
@@ -128,13 +134,9 @@ class KeyCache:
             stale = self._tried - self._fetched >= auth.jwks_ttl
             try:
                 keys = await self._fetch(refresh_discovery=stale)
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            except Exception as exc:  # whatever the issuer sends or fails to: a failed fetch
                 self._failing = True
-                log.warning(
-                    "oidc.keys_unavailable",
-                    issuer=self.issuer,
-                    error=str(exc) or type(exc).__name__,
-                )
+                log.warning("oidc.keys_unavailable", issuer=self.issuer, error=_one_line(exc))
                 self._unavailable(auth)
             if self._failing:
                 log.info("oidc.keys_available", issuer=self.issuer)
@@ -166,10 +168,13 @@ class KeyCache:
         async with self._session().get(url, allow_redirects=False) as response:
             if response.status != 200:
                 raise ValueError(f"{url} answered {response.status}")
-            body = await response.content.read(FETCH_LIMIT + 1)
-            if len(body) > FETCH_LIMIT:
-                raise ValueError(f"{url} sent more than {FETCH_LIMIT} bytes")
-        document = json.loads(body)
+            # The whole body, however many reads it takes, but never more than the limit.
+            body = bytearray()
+            async for chunk in response.content.iter_any():
+                body += chunk
+                if len(body) > FETCH_LIMIT:
+                    raise ValueError(f"{url} sent more than {FETCH_LIMIT} bytes")
+        document = json.loads(body)  # RecursionError for a deeply nested body: a failed fetch
         if not isinstance(document, dict):
             raise ValueError(f"{url} sent no JSON object")
         return document
