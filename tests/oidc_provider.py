@@ -71,6 +71,8 @@ class Provider:
         # Each body is written in this many pieces, a pause apart, so the client reads it in
         # several reads as it would from a slow or distant provider.
         self.pieces = 1
+        # While set and not yet released, every answer waits for it (an issuer that hangs).
+        self.hold: asyncio.Event | None = None
 
     @property
     def key(self) -> SigningKey:
@@ -108,6 +110,8 @@ class Provider:
 
     async def _answer(self, request: web.Request, route: str, document: Any) -> web.StreamResponse:
         self.requests[route] += 1
+        if self.hold is not None:
+            await self.hold.wait()
         if self.down:
             return web.Response(status=503)
         body = self.bodies.get(route) or json.dumps(document).encode()

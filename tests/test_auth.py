@@ -459,6 +459,100 @@ class TestIssuerFaults:
         assert (await with_good.get(DATA, headers=bearer(provider.token()))).status == 200
 
 
+async def eventually(check: Callable[[], bool]) -> None:
+    """Wait for something a background task does (bounded: a hang fails the test)."""
+    for _ in range(200):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("it never happened")
+
+
+class TestStaleKeys:
+    """Keys past `jwks_ttl` go on verifying while the issuer cannot be reached: its outage is
+    not the views' outage. It is asked again at most once per `jwks_refresh`, and in the
+    background: no request waits on it for keys the cache has."""
+
+    async def test_cached_keys_verify_while_the_issuer_is_down(
+        self, make_client: Callable[..., Any], provider: Provider
+    ) -> None:
+        api = await make_client(jwks_ttl=1, jwks_refresh="1h")
+        token = provider.token()
+        assert (await api.get(DATA, headers=bearer(token))).status == 200
+        provider.down = True
+        await asyncio.sleep(1.1)  # the keys are past their ttl
+        with capture_logs() as events:
+            assert (await api.get(DATA, headers=bearer(token))).status == 200
+            await eventually(lambda: any(e["event"] == "oidc.keys_stale" for e in events))
+            for _ in range(10):
+                assert (await api.get(DATA, headers=bearer(token))).status == 200
+        assert provider.requests == {"discovery": 2, "jwks": 1}  # asked once, not per request
+        [stale] = [e for e in events if e["event"] == "oidc.keys_stale"]
+        assert stale["issuer"] == provider.issuer and stale["age_s"] >= 1
+        assert "503" in stale["error"]
+        # A key the cache lacks may well be published: 503, not 401, and the issuer not asked.
+        stranger = provider.token(key=make_key())
+        response = await api.get(DATA, headers=bearer(stranger))
+        assert response.status == 503
+        assert int(response.headers["Retry-After"]) > 3000
+        assert provider.requests == {"discovery": 2, "jwks": 1}
+        # Claims are still checked against the stale keys.
+        expired = provider.token(exp=int(time.time()) - 120)
+        await assert_denied(await api.get(DATA, headers=bearer(expired)), 401, "invalid_token")
+
+    async def test_once_the_issuer_is_back_a_withdrawn_key_stops_verifying(
+        self, make_client: Callable[..., Any], provider: Provider
+    ) -> None:
+        api = await make_client(jwks_ttl=1, jwks_refresh="1s")
+        old = provider.token()
+        assert (await api.get(DATA, headers=bearer(old))).status == 200
+        provider.down = True
+        await asyncio.sleep(1.1)
+        assert (await api.get(DATA, headers=bearer(old))).status == 200
+        await eventually(lambda: provider.requests["discovery"] == 2)
+        provider.down = False
+        provider.rotate("ES256")  # the old key is withdrawn
+        await asyncio.sleep(1.1)  # jwks_refresh: the issuer may be asked again
+        await api.get(DATA, headers=bearer(old))  # asks it, in the background
+        # A token of the new key waits for that fetch; after it, the old key is gone.
+        assert (await api.get(DATA, headers=bearer(provider.token()))).status == 200
+        await assert_denied(await api.get(DATA, headers=bearer(old)), 401, "invalid_token")
+        assert provider.requests == {"discovery": 3, "jwks": 2}
+
+    async def test_an_unknown_kid_is_looked_up_again_once_the_issuer_is_back(
+        self, make_client: Callable[..., Any], provider: Provider
+    ) -> None:
+        """A failed lookup within the ttl leaves the issuer failing; the next interval asks
+        it again rather than answering 503 until the ttl runs out."""
+        api = await make_client(jwks_refresh="1s")  # jwks_ttl: 1h
+        assert (await api.get(DATA, headers=bearer(provider.token()))).status == 200
+        provider.down = True
+        provider.rotate()
+        await asyncio.sleep(1.1)
+        assert (await api.get(DATA, headers=bearer(provider.token()))).status == 503
+        provider.down = False
+        await asyncio.sleep(1.1)
+        assert (await api.get(DATA, headers=bearer(provider.token()))).status == 200
+        assert provider.requests == {"discovery": 1, "jwks": 3}
+
+    async def test_no_request_waits_on_the_issuer_for_keys_the_cache_has(
+        self, make_client: Callable[..., Any], provider: Provider
+    ) -> None:
+        api = await make_client(jwks_ttl=1)
+        token = provider.token()
+        assert (await api.get(DATA, headers=bearer(token))).status == 200
+        await asyncio.sleep(1.1)
+        provider.hold = asyncio.Event()  # the issuer hangs
+        try:
+            assert (await api.get(DATA, headers=bearer(token))).status == 200
+            await eventually(lambda: provider.requests["discovery"] == 2)
+            assert (await api.get(DATA, headers=bearer(token))).status == 200
+            assert not provider.hold.is_set()  # answered while the fetch still hung
+            assert provider.requests == {"discovery": 2, "jwks": 1}
+        finally:
+            provider.hold.set()
+
+
 class TestReload:
     async def test_sighup_rereads_the_tokens_and_api_auth(
         self, tmp_path: Path, fake_url: str
