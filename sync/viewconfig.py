@@ -25,6 +25,7 @@ __all__ = [
     "AuthConfig",
     "ViewConfig",
     "check_base_path",
+    "is_loopback",
     "read_tokens",
 ]
 
@@ -79,7 +80,8 @@ def read_tokens(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(line for line in lines if line and not line.startswith("#")))
 
 
-def _loopback(host: str | None) -> bool:
+def is_loopback(host: str | None) -> bool:
+    """Whether plain http to `host` stays on this machine (the one place it is allowed)."""
     if host == "localhost":
         return True
     try:
@@ -136,7 +138,7 @@ class AuthConfig(Frozen):
         url = URL(value)
         if url.scheme == "https" and url.host:
             return value
-        if url.scheme == "http" and _loopback(url.host):
+        if url.scheme == "http" and is_loopback(url.host):
             return value  # a provider on this machine (development, tests)
         raise ValueError("must be an https URL (http only for a loopback address)")
 

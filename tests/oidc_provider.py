@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 import uuid
 from collections import Counter
@@ -142,10 +143,11 @@ class Provider:
 
 
 @asynccontextmanager
-async def running_provider() -> AsyncIterator[Provider]:
+async def running_provider(tls: ssl.SSLContext | None = None) -> AsyncIterator[Provider]:
+    """A provider listening on loopback, over TLS (an https issuer) when given a context."""
     provider = Provider()
     server = TestServer(provider.app(), host="127.0.0.1")
-    await server.start_server()
+    await server.start_server(ssl=tls)
     provider.issuer = str(server.make_url("")).rstrip("/")
     try:
         yield provider

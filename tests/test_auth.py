@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import signal
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+import trustme
 from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
@@ -466,6 +468,53 @@ async def eventually(check: Callable[[], bool]) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("it never happened")
+
+
+class TestJwksUri:
+    """The JWKS is fetched as securely as discovery: over https, plain http only from a
+    loopback issuer to a loopback address (the rule `issuer` itself follows)."""
+
+    async def test_an_https_issuer_naming_an_http_jwks_is_refused(
+        self, make_client: Callable[..., Any], provider: Provider, tmp_path: Path
+    ) -> None:
+        ca = trustme.CA()
+        ca_file = tmp_path / "ca.pem"
+        ca.cert_pem.write_to_path(str(ca_file))
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(tls)
+        async with running_provider(tls) as secure:
+            assert secure.issuer.startswith("https://")
+            options = {"issuer": secure.issuer, "ca_file": str(ca_file)}
+            api = await make_client(**options)
+            assert (await api.get(DATA, headers=bearer(secure.token()))).status == 200
+            # The same keys, named at a plain-http address: an attacker on the path could
+            # swap them.
+            provider.keys = secure.keys
+            secure.jwks_uri = provider.issuer + "/jwks"
+            api = await make_client(**options)
+            with capture_logs() as events:
+                response = await api.get(DATA, headers=bearer(secure.token()))
+            assert response.status == 503
+            assert provider.requests["jwks"] == 0
+            [failed] = [e for e in events if e["event"] == "oidc.keys_unavailable"]
+            assert "https" in failed["error"]
+
+    @pytest.mark.parametrize(
+        "uri", ["http://192.0.2.1/jwks", "ftp://127.0.0.1/jwks", "https:///jwks", "/jwks"]
+    )
+    async def test_a_loopback_issuer_may_name_only_a_loopback_http_jwks(
+        self, make_client: Callable[..., Any], provider: Provider, uri: str
+    ) -> None:
+        provider.jwks_uri = uri
+        api = await make_client()
+        with capture_logs() as events:
+            response = await api.get(DATA, headers=bearer(provider.token()))
+        assert response.status == 503
+        [failed] = [e for e in events if e["event"] == "oidc.keys_unavailable"]
+        assert "jwks_uri" in failed["error"]
+        provider.jwks_uri = provider.issuer.replace("127.0.0.1", "localhost") + "/jwks"
+        api = await make_client()
+        assert (await api.get(DATA, headers=bearer(provider.token()))).status == 200
 
 
 class TestStaleKeys:

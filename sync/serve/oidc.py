@@ -1,7 +1,8 @@
 """Verifying OIDC access tokens (JWTs) with the keys the issuer publishes.
 
 The keys come from the issuer's discovery document (`{issuer}/.well-known/openid-configuration`,
-whose `issuer` must be the configured one) and the JWKS it names. They are cached: fetched again
+whose `issuer` must be the configured one) and the JWKS it names (over https like discovery;
+plain http only from a loopback issuer to a loopback address). They are cached: fetched again
 `jwks_ttl` after the last fetch, in the background while the cached ones go on verifying (a
 withdrawn key stops verifying once that fetch is done), and at most once per `jwks_refresh` when
 a token names a key id the cache lacks (a rotation is picked up at once, a flood of made-up ids
@@ -31,9 +32,10 @@ import aiohttp
 import jwt
 import structlog
 from aiohttp import web
+from yarl import URL
 
 from sync.credentials import tls_context
-from sync.viewconfig import AuthConfig
+from sync.viewconfig import AuthConfig, is_loopback
 
 __all__ = [
     "OIDC",
@@ -196,13 +198,24 @@ class KeyCache:
             if document.get("issuer") != self.issuer:
                 raise ValueError(f"discovery names issuer {document.get('issuer')!r}")
             uri = document.get("jwks_uri")
-            if not isinstance(uri, str) or not uri.startswith(("https://", "http://")):
+            if not isinstance(uri, str):
                 raise ValueError("discovery has no jwks_uri")
-            self._jwks_uri = uri
+            self._jwks_uri = self._checked_jwks_uri(uri)
         keys = (await self._get(self._jwks_uri)).get("keys")
         if not isinstance(keys, list):
             raise ValueError("the JWKS has no keys")
         return [k for k in keys if isinstance(k, dict)]
+
+    def _checked_jwks_uri(self, uri: str) -> str:
+        """The keys travel as securely as discovery: https, or plain http only from a loopback
+        issuer to a loopback address (the rule the configured `issuer` follows)."""
+        url = URL(uri)
+        if url.scheme == "https" and url.host:
+            return uri
+        plain_issuer = URL(self.issuer).scheme == "http"  # AuthConfig: only on loopback
+        if url.scheme == "http" and plain_issuer and is_loopback(url.host):
+            return uri
+        raise ValueError(f"discovery's jwks_uri {uri[:200]!r} is not https (or loopback http)")
 
     async def _get(self, url: str) -> dict[str, Any]:
         async with self._session().get(url, allow_redirects=False) as response:
