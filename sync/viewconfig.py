@@ -22,9 +22,11 @@ from sync.ruleconfig import Duration, EnrichRule, FilterConfig, Frozen, Override
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
+    "B64TOKEN",
     "AuthConfig",
     "ViewConfig",
     "check_base_path",
+    "is_loopback",
     "read_tokens",
 ]
 
@@ -42,6 +44,8 @@ ASYMMETRIC_ALGORITHMS = (
     "ES512",
     "EdDSA",
 )
+# RFC 6750 §2.1: the only token an `Authorization: Bearer` header can carry.
+B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _SEGMENT = r"[A-Za-z0-9._~-]+"
 # Path segments a view's base cannot hold: they would read as the API's own prefixes.
 _RESERVED_SEGMENTS = frozenset({"v0", "v0.1", ".well-known"})
@@ -73,13 +77,28 @@ def check_base_path(value: str, *, empty: bool) -> str:
     return value
 
 
-def read_tokens(text: str) -> tuple[str, ...]:
-    """Tokens, one per line; blank lines and `#` comments are not tokens."""
-    lines = (line.strip() for line in text.splitlines())
-    return tuple(dict.fromkeys(line for line in lines if line and not line.startswith("#")))
+def read_tokens(text: str, source: str) -> tuple[str, ...]:
+    """Tokens, one per line; blank lines and `#` comments are not tokens. A line outside RFC
+    6750's b64token could never arrive in an Authorization header, so it would load and never
+    match: it is refused, named by `source` and line, never shown (it may be a secret)."""
+    tokens: list[str] = []
+    # Only "\n" ends a line: splitlines() would also cut at \x1c or U+2028, turning one
+    # malformed secret into two short "valid" ones.
+    for number, line in enumerate(text.split("\n"), start=1):
+        token = line.strip()
+        if not token or token.startswith("#"):
+            continue
+        if not B64TOKEN.fullmatch(token):
+            raise ValueError(
+                f"{source}, line {number} is not an RFC 6750 bearer token "
+                "(letters, digits and - . _ ~ + /, then = padding only)"
+            )
+        tokens.append(token)
+    return tuple(dict.fromkeys(tokens))
 
 
-def _loopback(host: str | None) -> bool:
+def is_loopback(host: str | None) -> bool:
+    """Whether plain http to `host` stays on this machine (the one place it is allowed)."""
     if host == "localhost":
         return True
     try:
@@ -136,7 +155,7 @@ class AuthConfig(Frozen):
         url = URL(value)
         if url.scheme == "https" and url.host:
             return value
-        if url.scheme == "http" and _loopback(url.host):
+        if url.scheme == "http" and is_loopback(url.host):
             return value  # a provider on this machine (development, tests)
         raise ValueError("must be an https URL (http only for a loopback address)")
 
@@ -177,12 +196,12 @@ class AuthConfig(Frozen):
                 ) from None
             except UnicodeDecodeError:
                 raise ValueError(f"tokens_file {self.tokens_file} is not UTF-8 text") from None
-            tokens += read_tokens(text)
+            tokens += read_tokens(text, f"tokens_file {self.tokens_file}")
         if self.tokens_env is not None:
             value = os.environ.get(self.tokens_env)
             if value is None:
                 raise ValueError(f"environment variable {self.tokens_env} is not set")
-            tokens += read_tokens(value)
+            tokens += read_tokens(value, f"tokens_env {self.tokens_env}")
         return tuple(dict.fromkeys(tokens))
 
     @property

@@ -1,8 +1,13 @@
 """A real OpenID Connect provider for the tests: discovery and JWKS over HTTP on a loopback
-port, signing keys made here (cryptography), rotated on demand, every request counted."""
+port, signing keys made here (cryptography), rotated on demand, every request counted. It can
+also misbehave the ways a real one does: answer in pieces, send a body of its choosing, name a
+JWKS elsewhere, or be down."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import ssl
 import time
 import uuid
 from collections import Counter
@@ -61,6 +66,14 @@ class Provider:
         self.requests: Counter[str] = Counter()
         self.down = False
         self.claimed_issuer: str | None = None  # what discovery says, when not the truth
+        self.jwks_uri: str | None = None  # what discovery names, when not its own /jwks
+        # Bodies sent instead of the real ones, by route ("discovery", "jwks").
+        self.bodies: dict[str, bytes] = {}
+        # Each body is written in this many pieces, a pause apart, so the client reads it in
+        # several reads as it would from a slow or distant provider.
+        self.pieces = 1
+        # While set and not yet released, every answer waits for it (an issuer that hangs).
+        self.hold: asyncio.Event | None = None
 
     @property
     def key(self) -> SigningKey:
@@ -96,19 +109,32 @@ class Provider:
             body, key.private, algorithm=key.alg, headers={"kid": key.kid, **(headers or {})}
         )
 
-    def app(self) -> web.Application:
-        async def discovery(_: web.Request) -> web.Response:
-            self.requests["discovery"] += 1
-            if self.down:
-                return web.Response(status=503)
-            issuer = self.claimed_issuer or self.issuer
-            return web.json_response({"issuer": issuer, "jwks_uri": self.issuer + "/jwks"})
+    async def _answer(self, request: web.Request, route: str, document: Any) -> web.StreamResponse:
+        self.requests[route] += 1
+        if self.hold is not None:
+            await self.hold.wait()
+        if self.down:
+            return web.Response(status=503)
+        body = self.bodies.get(route) or json.dumps(document).encode()
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = len(body)
+        await response.prepare(request)
+        size = -(-len(body) // self.pieces)
+        for start in range(0, len(body), size):
+            if start:
+                await asyncio.sleep(0.05)
+            await response.write(body[start : start + size])
+        await response.write_eof()
+        return response
 
-        async def jwks(_: web.Request) -> web.Response:
-            self.requests["jwks"] += 1
-            if self.down:
-                return web.Response(status=503)
-            return web.json_response({"keys": [k.jwk() for k in self.keys]})
+    def app(self) -> web.Application:
+        async def discovery(request: web.Request) -> web.StreamResponse:
+            issuer = self.claimed_issuer or self.issuer
+            uri = self.jwks_uri or self.issuer + "/jwks"
+            return await self._answer(request, "discovery", {"issuer": issuer, "jwks_uri": uri})
+
+        async def jwks(request: web.Request) -> web.StreamResponse:
+            return await self._answer(request, "jwks", {"keys": [k.jwk() for k in self.keys]})
 
         app = web.Application()
         app.router.add_get(DISCOVERY, discovery)
@@ -117,10 +143,11 @@ class Provider:
 
 
 @asynccontextmanager
-async def running_provider() -> AsyncIterator[Provider]:
+async def running_provider(tls: ssl.SSLContext | None = None) -> AsyncIterator[Provider]:
+    """A provider listening on loopback, over TLS (an https issuer) when given a context."""
     provider = Provider()
     server = TestServer(provider.app(), host="127.0.0.1")
-    await server.start_server()
+    await server.start_server(ssl=tls)
     provider.issuer = str(server.make_url("")).rstrip("/")
     try:
         yield provider

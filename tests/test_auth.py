@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import signal
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,10 +19,13 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+import trustme
 from aiohttp.test_utils import TestClient, TestServer
+from structlog.testing import capture_logs
 
 from sync.app import create_app
 from sync.config import Config
+from sync.serve.oidc import FETCH_LIMIT
 from tests.cli_helpers import free_port, spawn, write_config
 from tests.oidc_provider import AUDIENCE, Provider, make_key, running_provider
 from tests.test_views_api import db, views_config, views_db  # noqa: F401 - fixtures
@@ -385,6 +389,217 @@ class TestOidc:
         response = await api.get(PAYMENTS, headers=bearer(provider.token()))
         await assert_denied(response, 401, "invalid_token")
         assert (await api.get("/v0.1/servers")).status == 200  # the default view is open
+
+
+class TestIssuerFaults:
+    """What the issuer sends is input like any other: read whole, bounded, and any failure to
+    fetch or use it is a failed fetch (503, the issuer asked again at most once per
+    `jwks_refresh`, one log line), never an error escaping the request."""
+
+    async def test_documents_sent_in_pieces_are_read_whole(
+        self, make_client: Callable[..., Any], provider: Provider
+    ) -> None:
+        provider.pieces = 8
+        api = await make_client()
+        assert (await api.get(DATA, headers=bearer(provider.token()))).status == 200
+        assert provider.requests == {"discovery": 1, "jwks": 1}
+
+    @pytest.mark.parametrize(
+        ("route", "body"),
+        [
+            ("discovery", b"[" * 200_000),
+            ("jwks", b"[" * 200_000),
+            ("jwks", b'{"keys": ' + b'{"k": ' * 100_000 + b"1" + b"}" * 100_001),
+            # Over the limit, in pieces: refused, not read to the end and used.
+            ("jwks", b'{"keys": []' + b" " * FETCH_LIMIT + b"}"),
+            ("discovery", b"\xff\xfe\x00not json"),
+            ("discovery", b'"a string"'),
+            ("jwks", b'{"keys": {"kid": "x"}}'),
+        ],
+        ids=[
+            "nested-discovery",
+            "nested-jwks",
+            "nested-object",
+            "oversized",
+            "bytes",
+            "str",
+            "dict",
+        ],
+    )
+    async def test_a_body_that_cannot_be_used_is_a_failed_fetch(
+        self, make_client: Callable[..., Any], provider: Provider, route: str, body: bytes
+    ) -> None:
+        provider.bodies[route] = body
+        provider.pieces = 4
+        api = await make_client()  # jwks_refresh = 1h
+        with capture_logs() as events:
+            responses = [await api.get(DATA, headers=bearer(provider.token())) for _ in range(3)]
+        for response in responses:
+            assert response.status == 503, await response.text()
+            assert response.content_type == "application/problem+json"
+            assert int(response.headers["Retry-After"]) > 3000
+        assert provider.requests[route] == 1  # once per jwks_refresh, not once per request
+        [failed] = [e for e in events if e["event"] == "oidc.keys_unavailable"]
+        assert "\n" not in failed["error"] and len(failed["error"]) < 400
+        assert "exc_info" not in failed
+
+    async def test_a_published_key_that_cannot_be_used_is_skipped(
+        self, make_client: Callable[..., Any], provider: Provider
+    ) -> None:
+        key = provider.rotate("ES256")
+        broken = [
+            {**key.jwk(), "crv": ["P-256"]},
+            {**key.jwk(), "x": 5},
+            {**key.jwk(), "kty": {"EC": 1}},
+        ]
+        provider.bodies["jwks"] = json.dumps({"keys": broken}).encode()
+        only_broken = await make_client()
+        response = await only_broken.get(DATA, headers=bearer(provider.token()))
+        await assert_denied(response, 401, "invalid_token")
+        provider.bodies["jwks"] = json.dumps({"keys": [*broken, key.jwk()]}).encode()
+        with_good = await make_client()
+        assert (await with_good.get(DATA, headers=bearer(provider.token()))).status == 200
+
+
+async def eventually(check: Callable[[], bool]) -> None:
+    """Wait for something a background task does (bounded: a hang fails the test)."""
+    for _ in range(200):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("it never happened")
+
+
+class TestJwksUri:
+    """The JWKS is fetched as securely as discovery: over https, plain http only from a
+    loopback issuer to a loopback address (the rule `issuer` itself follows)."""
+
+    async def test_an_https_issuer_naming_an_http_jwks_is_refused(
+        self, make_client: Callable[..., Any], provider: Provider, tmp_path: Path
+    ) -> None:
+        ca = trustme.CA()
+        ca_file = tmp_path / "ca.pem"
+        ca.cert_pem.write_to_path(str(ca_file))
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(tls)
+        async with running_provider(tls) as secure:
+            assert secure.issuer.startswith("https://")
+            options = {"issuer": secure.issuer, "ca_file": str(ca_file)}
+            api = await make_client(**options)
+            assert (await api.get(DATA, headers=bearer(secure.token()))).status == 200
+            # The same keys, named at a plain-http address: an attacker on the path could
+            # swap them.
+            provider.keys = secure.keys
+            secure.jwks_uri = provider.issuer + "/jwks"
+            api = await make_client(**options)
+            with capture_logs() as events:
+                response = await api.get(DATA, headers=bearer(secure.token()))
+            assert response.status == 503
+            assert provider.requests["jwks"] == 0
+            [failed] = [e for e in events if e["event"] == "oidc.keys_unavailable"]
+            assert "https" in failed["error"]
+
+    @pytest.mark.parametrize(
+        "uri", ["http://192.0.2.1/jwks", "ftp://127.0.0.1/jwks", "https:///jwks", "/jwks"]
+    )
+    async def test_a_loopback_issuer_may_name_only_a_loopback_http_jwks(
+        self, make_client: Callable[..., Any], provider: Provider, uri: str
+    ) -> None:
+        provider.jwks_uri = uri
+        api = await make_client()
+        with capture_logs() as events:
+            response = await api.get(DATA, headers=bearer(provider.token()))
+        assert response.status == 503
+        [failed] = [e for e in events if e["event"] == "oidc.keys_unavailable"]
+        assert "jwks_uri" in failed["error"]
+        provider.jwks_uri = provider.issuer.replace("127.0.0.1", "localhost") + "/jwks"
+        api = await make_client()
+        assert (await api.get(DATA, headers=bearer(provider.token()))).status == 200
+
+
+class TestStaleKeys:
+    """Keys past `jwks_ttl` go on verifying while the issuer cannot be reached: its outage is
+    not the views' outage. It is asked again at most once per `jwks_refresh`, and in the
+    background: no request waits on it for keys the cache has."""
+
+    async def test_cached_keys_verify_while_the_issuer_is_down(
+        self, make_client: Callable[..., Any], provider: Provider
+    ) -> None:
+        api = await make_client(jwks_ttl=1, jwks_refresh="1h")
+        token = provider.token()
+        assert (await api.get(DATA, headers=bearer(token))).status == 200
+        provider.down = True
+        await asyncio.sleep(1.1)  # the keys are past their ttl
+        with capture_logs() as events:
+            assert (await api.get(DATA, headers=bearer(token))).status == 200
+            await eventually(lambda: any(e["event"] == "oidc.keys_stale" for e in events))
+            for _ in range(10):
+                assert (await api.get(DATA, headers=bearer(token))).status == 200
+        assert provider.requests == {"discovery": 2, "jwks": 1}  # asked once, not per request
+        [stale] = [e for e in events if e["event"] == "oidc.keys_stale"]
+        assert stale["issuer"] == provider.issuer and stale["age_s"] >= 1
+        assert "503" in stale["error"]
+        # A key the cache lacks may well be published: 503, not 401, and the issuer not asked.
+        stranger = provider.token(key=make_key())
+        response = await api.get(DATA, headers=bearer(stranger))
+        assert response.status == 503
+        assert int(response.headers["Retry-After"]) > 3000
+        assert provider.requests == {"discovery": 2, "jwks": 1}
+        # Claims are still checked against the stale keys.
+        expired = provider.token(exp=int(time.time()) - 120)
+        await assert_denied(await api.get(DATA, headers=bearer(expired)), 401, "invalid_token")
+
+    async def test_once_the_issuer_is_back_a_withdrawn_key_stops_verifying(
+        self, make_client: Callable[..., Any], provider: Provider
+    ) -> None:
+        api = await make_client(jwks_ttl=1, jwks_refresh="1s")
+        old = provider.token()
+        assert (await api.get(DATA, headers=bearer(old))).status == 200
+        provider.down = True
+        await asyncio.sleep(1.1)
+        assert (await api.get(DATA, headers=bearer(old))).status == 200
+        await eventually(lambda: provider.requests["discovery"] == 2)
+        provider.down = False
+        provider.rotate("ES256")  # the old key is withdrawn
+        await asyncio.sleep(1.1)  # jwks_refresh: the issuer may be asked again
+        await api.get(DATA, headers=bearer(old))  # asks it, in the background
+        # A token of the new key waits for that fetch; after it, the old key is gone.
+        assert (await api.get(DATA, headers=bearer(provider.token()))).status == 200
+        await assert_denied(await api.get(DATA, headers=bearer(old)), 401, "invalid_token")
+        assert provider.requests == {"discovery": 3, "jwks": 2}
+
+    async def test_an_unknown_kid_is_looked_up_again_once_the_issuer_is_back(
+        self, make_client: Callable[..., Any], provider: Provider
+    ) -> None:
+        """A failed lookup within the ttl leaves the issuer failing; the next interval asks
+        it again rather than answering 503 until the ttl runs out."""
+        api = await make_client(jwks_refresh="1s")  # jwks_ttl: 1h
+        assert (await api.get(DATA, headers=bearer(provider.token()))).status == 200
+        provider.down = True
+        provider.rotate()
+        await asyncio.sleep(1.1)
+        assert (await api.get(DATA, headers=bearer(provider.token()))).status == 503
+        provider.down = False
+        await asyncio.sleep(1.1)
+        assert (await api.get(DATA, headers=bearer(provider.token()))).status == 200
+        assert provider.requests == {"discovery": 1, "jwks": 3}
+
+    async def test_no_request_waits_on_the_issuer_for_keys_the_cache_has(
+        self, make_client: Callable[..., Any], provider: Provider
+    ) -> None:
+        api = await make_client(jwks_ttl=1)
+        token = provider.token()
+        assert (await api.get(DATA, headers=bearer(token))).status == 200
+        await asyncio.sleep(1.1)
+        provider.hold = asyncio.Event()  # the issuer hangs
+        try:
+            assert (await api.get(DATA, headers=bearer(token))).status == 200
+            await eventually(lambda: provider.requests["discovery"] == 2)
+            assert (await api.get(DATA, headers=bearer(token))).status == 200
+            assert not provider.hold.is_set()  # answered while the fetch still hung
+            assert provider.requests == {"discovery": 2, "jwks": 1}
+        finally:
+            provider.hold.set()
 
 
 class TestReload:

@@ -155,6 +155,51 @@ class TestAuth:
             text = str(caught.value)
             assert key in text and message in text, text
 
+    @pytest.mark.parametrize(
+        "line",
+        [
+            "sek rit",
+            "sek\u00f6rit",
+            'sek"rit',
+            "sek=rit",
+            "=sekrit",
+            "sek;rit",
+            "sek,rit",
+            "sek\trit",
+            "sek\x1crit",
+            "sek\u2028rit",
+        ],
+    )
+    def test_a_token_no_client_could_send_is_refused_naming_its_source(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, line: str
+    ) -> None:
+        """RFC 6750's b64token is all an Authorization header can carry: a line outside it
+        would load and never match. The error names the file or variable and the line,
+        never the token (a secret with a typo is still a secret)."""
+        tokens = tmp_path / "tokens"
+        tokens.write_text(f"# ok\ngood-token\n{line}\n", encoding="utf-8")
+        monkeypatch.setenv("SUBREGISTRY_TEST_TOKENS", f"good-token\n{line}")
+        for auth, source in (
+            ({"tokens_file": str(tokens)}, f"tokens_file {tokens}, line 3"),
+            (
+                {"tokens_env": "SUBREGISTRY_TEST_TOKENS"},
+                "tokens_env SUBREGISTRY_TEST_TOKENS, line 2",
+            ),
+        ):
+            with pytest.raises(ConfigError) as caught:
+                config_from_mapping({"views": [_view(auth={"type": "bearer", **auth})]})
+            text = str(caught.value)
+            assert "views[0].auth" in text and source in text and "RFC 6750" in text, text
+            assert "sek" not in text
+
+    def test_every_b64token_is_accepted(self, tmp_path: Path) -> None:
+        tokens = tmp_path / "tokens"
+        accepted = ["abc", "A-Z.0_9~+/", "padded==", "x="]
+        tokens.write_text("\n".join(accepted) + "\n")
+        auth = {"type": "bearer", "tokens_file": str(tokens)}
+        loaded = config_from_mapping({"api": {"auth": auth}}).api.auth.tokens
+        assert [t.get_secret_value() for t in loaded] == accepted
+
     def test_a_loopback_issuer_may_be_plain_http(self) -> None:
         for issuer in ("http://127.0.0.1:8443", "http://localhost:9", "http://[::1]:9"):
             auth = {"type": "oidc", "issuer": issuer, "audience": "registry"}
@@ -165,6 +210,20 @@ class TestAuth:
         assert config.api.public_url == "https://reg.example.com"
         with pytest.raises(ConfigError, match="api.public_url"):
             config_from_mapping({"api": {"public_url": "https://reg.example.com/path"}})
+
+
+async def test_a_malformed_token_stops_the_command_with_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "tokens").write_text("sekrit value\n")
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[[upstreams]]\nname = "local"\npath = "servers.json"\n'
+        '[api.auth]\ntype = "bearer"\ntokens_file = "tokens"\n'
+    )
+    code, out, err = await run("--config", path, "status")
+    assert code == 2 and out == ""
+    assert err.startswith("subregistry: invalid configuration"), err
+    assert "api.auth" in err and "line 1" in err and "sekrit" not in err
+    assert "Traceback" not in err
 
 
 async def test_a_bad_view_stops_the_command_with_exit_2(tmp_path: Path) -> None:

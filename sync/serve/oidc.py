@@ -1,13 +1,20 @@
 """Verifying OIDC access tokens (JWTs) with the keys the issuer publishes.
 
 The keys come from the issuer's discovery document (`{issuer}/.well-known/openid-configuration`,
-whose `issuer` must be the configured one) and the JWKS it names. They are cached: fetched again
-`jwks_ttl` after the last fetch (a withdrawn key stops verifying), and at most once per
-`jwks_refresh` when a token names a key id the cache lacks (a rotation is picked up at once, a
-flood of made-up ids costs the issuer one request per interval, not one per token). Fetches are
-bounded in time and size. A token is checked against the configured algorithms only, each key
-only for an algorithm its type fits, so neither `alg: none` nor an HMAC keyed with a public key
-is ever accepted.
+whose `issuer` must be the configured one) and the JWKS it names (over https like discovery;
+plain http only from a loopback issuer to a loopback address). They are cached: fetched again
+`jwks_ttl` after the last fetch, in the background while the cached ones go on verifying (a
+withdrawn key stops verifying once that fetch is done), and at most once per `jwks_refresh` when
+a token names a key id the cache lacks (a rotation is picked up at once, a flood of made-up ids
+costs the issuer one request per interval, not one per token). While the issuer is down, the
+keys last fetched go on verifying (an outage of the issuer is not one of the views: a withdrawn
+key could only be learnt from a reachable issuer anyway), the issuer is asked again at most once
+per `jwks_refresh` (`oidc.keys_stale` each time it fails), and only a token whose key the cache
+lacks is a 503. Fetches are bounded in time and size, the body read whole however it arrives;
+whatever goes wrong with one (an error, a body too large, too deeply nested or not the
+document) is a failed fetch. A token is checked against the configured algorithms only, each
+key only for an algorithm its type fits, so neither `alg: none` nor an HMAC keyed with a public
+key is ever accepted.
 """
 
 from __future__ import annotations
@@ -25,9 +32,10 @@ import aiohttp
 import jwt
 import structlog
 from aiohttp import web
+from yarl import URL
 
 from sync.credentials import tls_context
-from sync.viewconfig import AuthConfig
+from sync.viewconfig import AuthConfig, is_loopback
 
 __all__ = [
     "OIDC",
@@ -68,11 +76,17 @@ class KeysUnavailable(Exception):
         self.retry_after = max(1, math.ceil(retry_after))
 
 
+def _one_line(exc: BaseException) -> str:
+    """The error as one short log line: an issuer's text is neither trusted nor bounded."""
+    text = " ".join(str(exc).split())[:300]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _fits(jwk: dict[str, Any], alg: str) -> bool:
     kty, curves = _FITS.get(alg, ("", None))
     return (
         jwk.get("kty") == kty
-        and (curves is None or jwk.get("crv") in curves)
+        and (curves is None or (isinstance(jwk.get("crv"), str) and jwk["crv"] in curves))
         and jwk.get("alg", alg) == alg
         and jwk.get("use", "sig") == "sig"
     )
@@ -91,18 +105,33 @@ class KeyCache:
         self._fetched = -math.inf  # when the keys were last fetched successfully
         self._tried = -math.inf  # when they were last fetched, successfully or not
         self._failing = False
+        self._behind: asyncio.Task[None] | None = None  # a fetch no request waits for
 
     async def keys_for(self, kid: str | None, auth: AuthConfig) -> list[tuple[int, dict[str, Any]]]:
         """The keys that may have signed a token naming `kid` (any key when it names none)."""
-        if time.monotonic() - self._fetched >= auth.jwks_ttl:
+        if self._fetched == -math.inf:
+            # No keys yet: a request can only wait for the first ones.
+            if not self._failing or self._due(auth):
+                await self._refresh(auth, self._tried)
+            if self._failing:
+                self._unavailable(auth)
+        elif time.monotonic() - self._fetched >= auth.jwks_ttl and (
+            not self._failing or self._due(auth)
+        ):
+            # The keys at hand go on verifying while newer ones are fetched: no request waits on
+            # the issuer for them, and while it is down the view stays readable (a withdrawn key
+            # could only be learnt from a reachable issuer anyway).
+            self._refresh_behind(auth)
+        found = self._matching(kid)
+        if found or kid is None:
+            return found
+        if self._behind is not None and not self._behind.done():
+            await asyncio.shield(self._behind)  # the fetch under way may bring the key
+        elif self._due(auth):
             await self._refresh(auth, self._tried)
         found = self._matching(kid)
-        if not found and kid is not None:
-            if self._failing:
-                self._unavailable(auth)  # the key may well be published: the issuer is down
-            if time.monotonic() - self._tried >= auth.jwks_refresh:
-                await self._refresh(auth, self._tried)
-                found = self._matching(kid)
+        if not found and self._failing:
+            self._unavailable(auth)  # the key may well be published: the issuer is down
         return found
 
     def key(self, index: int, alg: str) -> jwt.PyJWK:
@@ -111,31 +140,46 @@ class KeyCache:
             parsed = self._parsed[index, alg] = jwt.PyJWK(self._keys[index], algorithm=alg)
         return parsed
 
+    async def close(self) -> None:
+        if self._behind is not None:
+            self._behind.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._behind
+
     def _matching(self, kid: str | None) -> list[tuple[int, dict[str, Any]]]:
         return [(i, k) for i, k in enumerate(self._keys) if kid is None or k.get("kid") == kid]
 
+    def _due(self, auth: AuthConfig) -> bool:
+        """Whether the issuer may be asked again (once per jwks_refresh, whatever the tokens)."""
+        return time.monotonic() - self._tried >= auth.jwks_refresh
+
+    def _refresh_behind(self, auth: AuthConfig) -> None:
+        if self._behind is None or self._behind.done():
+            self._behind = asyncio.create_task(self._refresh(auth, self._tried))
+
     async def _refresh(self, auth: AuthConfig, seen: float) -> None:
-        """Fetch the keys (KeysUnavailable if that fails); once for requests that wait together."""
+        """Fetch the keys, once for the requests that wait together; the outcome is in
+        `_failing`, so a background fetch has nothing to raise."""
         async with self._lock:
             if self._tried != seen:
-                # Another request fetched while this one waited: its outcome stands.
-                if self._failing:
-                    self._unavailable(auth)
-                return
-            if self._failing and time.monotonic() - self._tried < auth.jwks_refresh:
-                self._unavailable(auth)  # a down issuer is asked once per jwks_refresh
+                return  # another request fetched while this one waited: its outcome stands
             self._tried = time.monotonic()
             stale = self._tried - self._fetched >= auth.jwks_ttl
             try:
                 keys = await self._fetch(refresh_discovery=stale)
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            except Exception as exc:  # whatever the issuer sends or fails to: a failed fetch
                 self._failing = True
-                log.warning(
-                    "oidc.keys_unavailable",
-                    issuer=self.issuer,
-                    error=str(exc) or type(exc).__name__,
-                )
-                self._unavailable(auth)
+                if stale and self._fetched > -math.inf:
+                    log.warning(
+                        "oidc.keys_stale",
+                        issuer=self.issuer,
+                        error=_one_line(exc),
+                        age_s=round(self._tried - self._fetched),
+                        retry_in_s=auth.jwks_refresh,
+                    )
+                else:
+                    log.warning("oidc.keys_unavailable", issuer=self.issuer, error=_one_line(exc))
+                return
             if self._failing:
                 log.info("oidc.keys_available", issuer=self.issuer)
             self._failing = False
@@ -154,22 +198,36 @@ class KeyCache:
             if document.get("issuer") != self.issuer:
                 raise ValueError(f"discovery names issuer {document.get('issuer')!r}")
             uri = document.get("jwks_uri")
-            if not isinstance(uri, str) or not uri.startswith(("https://", "http://")):
+            if not isinstance(uri, str):
                 raise ValueError("discovery has no jwks_uri")
-            self._jwks_uri = uri
+            self._jwks_uri = self._checked_jwks_uri(uri)
         keys = (await self._get(self._jwks_uri)).get("keys")
         if not isinstance(keys, list):
             raise ValueError("the JWKS has no keys")
         return [k for k in keys if isinstance(k, dict)]
 
+    def _checked_jwks_uri(self, uri: str) -> str:
+        """The keys travel as securely as discovery: https, or plain http only from a loopback
+        issuer to a loopback address (the rule the configured `issuer` follows)."""
+        url = URL(uri)
+        if url.scheme == "https" and url.host:
+            return uri
+        plain_issuer = URL(self.issuer).scheme == "http"  # AuthConfig: only on loopback
+        if url.scheme == "http" and plain_issuer and is_loopback(url.host):
+            return uri
+        raise ValueError(f"discovery's jwks_uri {uri[:200]!r} is not https (or loopback http)")
+
     async def _get(self, url: str) -> dict[str, Any]:
         async with self._session().get(url, allow_redirects=False) as response:
             if response.status != 200:
                 raise ValueError(f"{url} answered {response.status}")
-            body = await response.content.read(FETCH_LIMIT + 1)
-            if len(body) > FETCH_LIMIT:
-                raise ValueError(f"{url} sent more than {FETCH_LIMIT} bytes")
-        document = json.loads(body)
+            # The whole body, however many reads it takes, but never more than the limit.
+            body = bytearray()
+            async for chunk in response.content.iter_any():
+                body += chunk
+                if len(body) > FETCH_LIMIT:
+                    raise ValueError(f"{url} sent more than {FETCH_LIMIT} bytes")
+        document = json.loads(body)  # RecursionError for a deeply nested body: a failed fetch
         if not isinstance(document, dict):
             raise ValueError(f"{url} sent no JSON object")
         return document
@@ -264,6 +322,8 @@ class Verifiers:
         raise TokenRejected("the token's signature does not verify")
 
     async def close(self) -> None:
+        for cache in self._caches.values():
+            await cache.close()
         for session in self._sessions.values():
             with contextlib.suppress(Exception):
                 await session.close()
