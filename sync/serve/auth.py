@@ -29,6 +29,7 @@ from pydantic import SecretStr
 from sync.serve.api import LIVE, Problem, problem
 from sync.serve.oidc import OIDC, Forbidden, KeysUnavailable, TokenRejected
 from sync.serve.routing import BASE, BASE_PARAM, VIEW_KEY, ViewAt, base_of, view_at
+from sync.viewconfig import B64TOKEN
 
 __all__ = ["READ_SCOPE", "add_metadata_routes", "gate", "token_matches"]
 
@@ -36,8 +37,6 @@ log = structlog.get_logger("sync.serve.auth")
 
 READ_SCOPE = "mcp-registry:read"
 METADATA_PATH = "/.well-known/oauth-protected-resource"
-# RFC 6750 §2.1: b64token.
-_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 # What a quoted-string of a challenge may carry as it is (RFC 6750 §3: no `"` nor `\`).
 _UNQUOTABLE = re.compile(r"[^\x20-\x21\x23-\x5b\x5d-\x7e]")
 
@@ -61,7 +60,7 @@ def _bearer(header: str | None) -> tuple[bool, str | None]:
     if scheme.lower() != "bearer":
         return False, None  # another scheme is no bearer token (RFC 6750 §3)
     value = value.strip()
-    return True, value if _TOKEN.fullmatch(value) else None
+    return True, value if B64TOKEN.fullmatch(value) else None
 
 
 def _origin(request: web.Request) -> str:
