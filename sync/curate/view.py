@@ -32,6 +32,7 @@ __all__ = [
     "candidate_of",
     "decide",
     "existing_by_name",
+    "finish",
     "group",
     "served_row",
     "tombstone",
@@ -132,20 +133,34 @@ def decide(
                 kept.append(Kept(entry, outcome))
             else:
                 decisions.append(EntryDecision(entry, outcome, False, outcome.effects[-1].reason))
-    if owner is not None:
-        for rule, cap in rules[owner].latest_versions:
-            newest = sorted(kept, key=lambda s: version_key(s.version, s.published_at))[-cap:]
-            keep = {id(s) for s in newest}  # by identity: a name may have 10,000 versions
-            for dropped in [s for s in kept if id(s) not in keep]:
-                hits[rule] += 1
-                reason = f"not among the {cap} newest versions"
-                decisions.append(EntryDecision(dropped.entry, dropped.outcome, False, reason))
-            kept = newest
+    caps = rules[owner].latest_versions if owner is not None else ()
+    finish(kept, caps, decisions, hits, named=False)
+    return decisions, hits
+
+
+def finish(
+    kept: list[Kept],
+    caps: Sequence[tuple[str, int]],
+    decisions: list[EntryDecision],
+    hits: Counter[str],
+    *,
+    named: bool,
+) -> None:
+    """The versions of one name a view keeps after its caps, and which of them is latest,
+    appended to `decisions`; a named view's reasons carry the rule that capped them."""
+    for rule, cap in caps:
+        newest = sorted(kept, key=lambda s: version_key(s.version, s.published_at))[-cap:]
+        keep = {id(s) for s in newest}  # by identity: a name may have 10,000 versions
+        for dropped in [s for s in kept if id(s) not in keep]:
+            hits[rule] += 1
+            reason = f"not among the {cap} newest versions"
+            reason = f"{rule}: {reason}" if named else reason
+            decisions.append(EntryDecision(dropped.entry, dropped.outcome, False, reason))
+        kept = newest
     latest = latest_of(kept)
     for served in kept:
         is_latest = served is latest
         decisions.append(EntryDecision(served.entry, served.outcome, True, "served", is_latest))
-    return decisions, hits
 
 
 def group(

@@ -16,7 +16,6 @@ from typing import Any
 
 from sync.config import DEFAULT_VIEW
 from sync.curate.rules import Candidate, Effect, Outcome, Rule, RuleSet, evaluate
-from sync.curate.versions import latest_of, version_key
 from sync.curate.view import (
     Build,
     EntryDecision,
@@ -25,6 +24,7 @@ from sync.curate.view import (
     assemble,
     decide,
     existing_by_name,
+    finish,
     group,
 )
 from sync.model import ExistingServed, StoredEntry
@@ -110,17 +110,7 @@ def derive(
         else:
             last = outcome.effects[-1]
             result.append(EntryDecision(d.entry, outcome, False, f"{last.rule}: {last.reason}"))
-    for rule, cap in view.rules.latest_versions:
-        newest = sorted(kept, key=lambda s: version_key(s.version, s.published_at))[-cap:]
-        keep = {id(s) for s in newest}
-        for dropped in [s for s in kept if id(s) not in keep]:
-            hits[rule] += 1
-            reason = f"{rule}: not among the {cap} newest versions"
-            result.append(EntryDecision(dropped.entry, dropped.outcome, False, reason))
-        kept = newest
-    latest = latest_of(kept)
-    for served in kept:
-        result.append(EntryDecision(served.entry, served.outcome, True, "served", served is latest))
+    finish(kept, view.rules.latest_versions, result, hits, named=True)
     return result, hits
 
 
