@@ -269,9 +269,11 @@ class TestOidc:
     @pytest.mark.parametrize(
         ("claims", "description"),
         [
-            ({"exp": int(time.time()) - 120}, "expired"),
-            ({"nbf": int(time.time()) + 300}, "not valid yet"),
-            ({"iat": int(time.time()) + 300}, "not valid yet"),
+            # Times as offsets from the moment the token is made: parameters are built at
+            # collection, which may be many minutes before the test runs.
+            ({"exp": -120}, "expired"),
+            ({"nbf": 300}, "not valid yet"),
+            ({"iat": 300}, "not valid yet"),
             ({"aud": "another-service"}, "another audience"),
             ({"iss": "https://evil.example"}, "another issuer"),
             ({"exp": None}, "'exp'"),
@@ -285,7 +287,12 @@ class TestOidc:
         claims: dict[str, Any],
         description: str,
     ) -> None:
-        response = await api.get(DATA, headers=bearer(provider.token(**claims)))
+        now = int(time.time())
+        made = {
+            k: now + v if k in ("exp", "nbf", "iat") and v is not None else v
+            for k, v in claims.items()
+        }
+        response = await api.get(DATA, headers=bearer(provider.token(**made)))
         params = await assert_denied(response, 401, "invalid_token")
         assert description in params["error_description"]
 
