@@ -24,7 +24,7 @@ from sync.serve.page import CSP, PAGE_SIZE, SEARCH_LIMIT, find
 from sync.store import open_store
 from sync.store.sqlite.reader import SqliteReader
 from tests.fake_upstream import OFFICIAL, FakeRegistry
-from tests.helpers import MULTI, no_sleep, serving
+from tests.helpers import MULTI, mirror_config, no_sleep, serving
 
 LINK = re.compile(r'<a href="([^"]*)"')
 SERVER_LINK = re.compile(r'<a href="(/[^"]*ui/servers/[^"]*)"')
@@ -433,3 +433,60 @@ class TestDelivery:
         catch_all = canonicals.index("/{base}")
         based = [i for i, c in enumerate(canonicals) if c.startswith("/{base}/")]
         assert based and max(based) < catch_all
+
+
+class TestStatusPage:
+    async def test_each_upstreams_passes_failures_and_quarantine(
+        self, client_for: Callable[..., Any], tmp_path: Path
+    ) -> None:
+        path = tmp_path / "status.db"
+        fake = FakeRegistry(hostile_items())
+        fake.add_raw({"name": "io.github.bad/<x>", "version": 5})  # refused: quarantined
+        async with serving(fake.app()) as url:
+            config = config_from_mapping(
+                {
+                    "storage": {"path": str(path)},
+                    "upstreams": [
+                        {"name": "official", "url": url},
+                        {"name": "down", "url": "http://127.0.0.1:9", "retries": 0},
+                    ],
+                }
+            )
+            store = await open_store(config.storage)
+            try:
+                engine = Engine(config, store, Metrics(), sleep=no_sleep, backoff=(0.0, 0.0))
+                assert (await engine.run("official")).outcome == "ok"
+                assert (await engine.run("down")).outcome == "failed"
+                await engine.close()
+            finally:
+                await store.close()
+        client = await client_for(config)
+        body = await text_of(client, "/ui/status")
+        official, down = body.split("<h2 id=")[2:4]
+        assert ">Upstream official</h2>" in official and ">Upstream down</h2>" in down
+        assert "<dt>Quarantine</dt><dd>1 entries</dd>" in official
+        assert "missing or non-string &#39;version&#39;" in official
+        assert "<td>full</td>" in official and "<td>ok</td>" in official
+        assert "<dt>Failures in a row</dt><dd>1" in down and "<dt>Last error</dt>" in down
+        assert "<td>failed</td>" in down
+        assert "<dt>Last successful pass</dt><dd>never</dd>" in down
+
+
+class TestPostgres:
+    async def test_the_pages_read_a_postgresql_mirror_as_a_sqlite_one(
+        self, client_for: Callable[..., Any], db: Path, pg_mirror: str, tmp_path: Path
+    ) -> None:
+        """Both mirrors are built by the engine from the same catalogue: the same pages."""
+        sqlite = await client_for(config_for(db))
+        postgres = await client_for(mirror_config(tmp_path / "unused.db", storage_url=pg_mirror))
+        for path in ("/", "/?registry=oci", "/?status=deprecated", "/?q=github&start=20"):
+            on_sqlite = await text_of(sqlite, path)
+            on_postgres = await text_of(postgres, path)
+            assert page_names(on_postgres) == page_names(on_sqlite) != [], path
+            assert rel(on_postgres, "next") == rel(on_sqlite, "next"), path
+        detail = "/ui/servers/" + MULTI.replace("/", "%2F")
+        version = re.compile(r'<summary><span class="version">([^<]*)</span>')
+        assert version.findall(await text_of(postgres, detail)) == version.findall(
+            await text_of(sqlite, detail)
+        )
+        assert "Upstream official" in await text_of(postgres, "/ui/status")
