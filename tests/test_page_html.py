@@ -20,7 +20,7 @@ from sync.config import Config, config_from_mapping
 from sync.curate.curation import Curator
 from sync.metrics import Metrics
 from sync.pull.engine import Engine
-from sync.serve.page import CSP, PAGE_SIZE, SEARCH_LIMIT, find
+from sync.serve.page import CSP, MAX_SCAN, PAGE_SIZE, SEARCH_LIMIT, find
 from sync.store import open_store
 from sync.store.sqlite.reader import SqliteReader
 from tests.fake_upstream import OFFICIAL, FakeRegistry
@@ -171,6 +171,33 @@ class TestCatalogue:
         assert "3.0.7" in deprecated
         deleted = await walk(client, "/?status=deleted")
         assert [n for page in deleted for n in page] == [MULTI]
+
+    async def test_a_rare_filter_reads_a_bounded_slice_per_page_and_reads_on(
+        self, client_for: Callable[..., Any], db: Path
+    ) -> None:
+        """No version comes from `down`: each page reads at most its scan budget, says so,
+        and links on, until the end of the catalogue."""
+        config = config_for(db)
+        config = config.model_copy(
+            update={
+                "upstreams": (
+                    *config.upstreams,
+                    config.upstreams[0].model_copy(update={"name": "down"}),
+                )
+            }
+        )
+        client = await client_for(config)
+        url: str | None = "/?status=active&upstream=down"
+        pages = []
+        while url is not None:
+            body = await text_of(client, url)
+            pages.append(body)
+            url = rel(body, "next")
+        # 2,626 active versions: one full budget, then the rest.
+        assert len(pages) == 2 and MAX_SCAN < 2626 <= 2 * MAX_SCAN
+        assert all(page_names(p) == [] for p in pages)
+        assert 'class="partial" role="status"' in pages[0]
+        assert 'class="partial"' not in pages[1]
 
     async def test_search_shows_what_find_returns_filtered(
         self, client_for: Callable[..., Any], db: Path

@@ -38,7 +38,7 @@ SEARCH_LIMIT = 100  # a search shows its best matches, paged
 _BATCH = 100
 # Rows one browse request reads at most while filters skip rows: a rare filter value costs a
 # bounded read per page, and the page's "next" link continues from where the scan stopped.
-_MAX_SCAN = 2000
+MAX_SCAN = 2000
 _TRAIL = 50  # previous pages a "back" link can reach
 _START = "."  # the first page, in a trail of cursors (never a base64url cursor)
 REGISTRY_TYPES = ("npm", "pypi", "oci", "nuget", "mcpb")
@@ -129,21 +129,11 @@ async def _browse(
     deprecated or withdrawn version is rarely the latest)."""
     shown: list[ServerFacts] = []
     position, scanned = after, 0
-    query = ListQuery(
-        view,
-        _BATCH,
-        version=None if filters.status else "latest",
-        include_deleted=filters.status == "deleted",
-    )
-    while scanned < _MAX_SCAN:
+    version = None if filters.status else "latest"
+    include_deleted = filters.status == "deleted"
+    while scanned < MAX_SCAN:
         rows = await reader.list_servers(
-            ListQuery(
-                view,
-                _BATCH,
-                after=position,
-                version=query.version,
-                include_deleted=query.include_deleted,
-            )
+            ListQuery(view, _BATCH, position, version=version, include_deleted=include_deleted)
         )
         batch = rows[:_BATCH]
         for index, row in enumerate(batch):
@@ -218,6 +208,8 @@ async def catalogue(request: web.Request) -> web.StreamResponse:
             "servers": shown,
             "prev_url": prev_url,
             "next_url": next_url,
+            # A page cut short by the scan budget, not by the end of the catalogue.
+            "partial": next_url is not None and len(shown) < PAGE_SIZE,
             "statuses": sorted(STATUSES),
             "registry_types": REGISTRY_TYPES,
             "transports": TRANSPORTS,
