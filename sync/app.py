@@ -33,6 +33,7 @@ from sync.serve.cache import ResponseCache, SerialState, file_id
 from sync.serve.middleware import middlewares
 from sync.serve.oidc import oidc_ctx
 from sync.serve.ops import add_ops_routes
+from sync.serve.page import add_page_routes
 from sync.store import open_reader, open_store
 from sync.store.sqlite.reader import SqliteReader
 
@@ -228,3 +229,5 @@ def _add_all_routes(app: web.Application) -> None:
     add_routes(app)
     add_metadata_routes(app)
     add_ops_routes(app)
+    # Last: the page's `/{base}` matches any path, so view routes added after it are unreachable.
+    add_page_routes(app)

@@ -1,0 +1,1 @@
+"""Pieces of the catalogue web page (`sync.serve.page`)."""
