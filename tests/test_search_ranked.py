@@ -17,11 +17,14 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from sync.app import create_app
 from sync.config import Config
+from sync.curate.curation import Curator
+from sync.metrics import Metrics
 from sync.pull.engine import Engine
 from sync.serve.search import ranked_search
 from sync.store import Reader, open_reader, open_store
 from tests.fake_upstream import FakeRegistry
 from tests.helpers import BOTH_BACKENDS, DEPRECATED, MULTI, build_mirror, mirror_config
+from tests.test_views_api import views_config
 
 NAMESPACE = "io.github.mcp-subregistry"
 ROOT = f"/v0.1/x/{NAMESPACE}/search"
@@ -316,3 +319,36 @@ async def test_the_migration_indexes_an_existing_postgres_mirror(
         assert "ai.waystation/postgres" in [item[0] for item, _ in page.items]
     finally:
         await reader.close()
+
+
+async def test_every_view_searches_its_own_rows_behind_its_auth(
+    tmp_path: Path, mirror_db: Path
+) -> None:
+    path = tmp_path / "mirror.db"
+    shutil.copy(mirror_db, path)
+    tokens = tmp_path / "tokens"
+    tokens.write_text("secret-token\n")
+    config = views_config(path, payments={"auth": {"type": "bearer", "tokens_file": str(tokens)}})
+    store = await open_store(config.storage)
+    try:
+        await Curator(config, store, Metrics()).reapply()
+    finally:
+        await store.close()
+    async with TestClient(TestServer(create_app(config, sync=False))) as api:
+        payments = f"/teams/payments/v0.1/x/{NAMESPACE}/search"
+        assert (await api.get(payments, params={"q": "exa"})).status == 401
+        response = await api.get(
+            payments,
+            params={"q": "mcp", "limit": "100"},
+            headers={"Authorization": "Bearer secret-token"},
+        )
+        assert response.status == 200
+        names = {i["server"]["name"] for i in (await response.json())["servers"]}
+        assert names and all(n.startswith(("ai.exa/", "com.fenetresurciel.")) for n in names)
+        for prefix in ("/v0.1", "/v0"):
+            data = await get(api, f"/teams/data/catalogue{prefix}/x/{NAMESPACE}/search", q="mcp")
+            names = {i["server"]["name"] for i in data["servers"]}
+            assert names and all(n.startswith("io.github.a") for n in names)
+        assert (await get(api, ROOT, q="postgres"))["metadata"]["count"] > 0
+        assert (await get(api, f"/teams/data/catalogue{ROOT}", q="stripe"))["servers"] == []
+        await get(api, f"/teams/nowhere{ROOT}", 404, q="mcp")
