@@ -352,3 +352,26 @@ async def test_every_view_searches_its_own_rows_behind_its_auth(
         assert (await get(api, ROOT, q="postgres"))["metadata"]["count"] > 0
         assert (await get(api, f"/teams/data/catalogue{ROOT}", q="stripe"))["servers"] == []
         await get(api, f"/teams/nowhere{ROOT}", 404, q="mcp")
+
+
+@BOTH_BACKENDS
+async def test_upstream_json_of_odd_shapes_never_fails_a_write(
+    fake: FakeRegistry, engine: Engine, reader: Reader
+) -> None:
+    """Fields of unexpected types, and text PostgreSQL's jsonb refuses (a NUL escape), index
+    what can be read and never stop the page that stores them."""
+    odd = {
+        "name": "io.github.acme/oddshapes",
+        "version": "1.0.0",
+        "description": "Quokka helper",
+        "title": "Wombat \u0000 title",
+        "packages": [1, "x", None, {"identifier": {"deep": 1}}, {"identifier": "npm-numbat"}],
+    }
+    fake.add_raw(odd)
+    fake.add_raw({**odd, "name": "io.github.acme/oddpackages", "title": 7, "packages": "x"})
+    assert (await engine.run("official")).outcome == "ok"
+    for word in ("quokka", "oddsha"):
+        page = await ranked_search(reader, "default", word, 10)
+        assert "io.github.acme/oddshapes" in [item[0] for item, _ in page.items], word
+    page = await ranked_search(reader, "default", "oddpackages", 10)
+    assert [item[0] for item, _ in page.items] == ["io.github.acme/oddpackages"]
