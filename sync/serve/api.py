@@ -40,6 +40,7 @@ __all__ = [
     "Problem",
     "add_routes",
     "encode_cursor",
+    "json_response",
     "problem",
 ]
 
@@ -364,4 +365,7 @@ def _add_view_routes(app: web.Application, base_path: str, tag: str) -> None:
         ):
             added.append(router.add_route("*", root + path, read_only))
     added.append(router.add_get(f"{base_path}/openapi.yaml", openapi))
+    from sync.serve.search import add_search_routes  # noqa: PLC0415 (it builds on this module)
+
+    added += add_search_routes(app, base_path, tag)
     app[VIEW_ROUTES].update(route.resource.canonical for route in added if route.resource)

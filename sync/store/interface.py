@@ -17,6 +17,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from sync.model import Entry, ExistingServed, Rejected, ServedRow, StoredEntry
+from sync.store.rank import RankedItem
 from sync.store.records import (
     LeaderRecord,
     ListQuery,
@@ -140,6 +141,13 @@ class Reader(Protocol):
     async def close(self) -> None: ...
     async def list_servers(self, q: ListQuery) -> list[ServedItem]:
         """Up to `q.limit + 1` items in (name, version) order (bytewise, on every backend)."""
+
+    async def ranked(
+        self, view: str, terms: Sequence[str], limit: int, offset: int, *, latest: bool = True
+    ) -> list[RankedItem]:
+        """Items of `view` (never tombstones; latest versions only unless `latest` is false)
+        matching every term as a word prefix, most relevant first, then by (name, version);
+        `terms` from `sync.store.rank.words`."""
 
     async def plan(self, q: ListQuery) -> list[str]:
         """The database's plan for a list query: how tests see that it uses indexes."""

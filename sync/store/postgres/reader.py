@@ -9,7 +9,7 @@ substring, found through the pg_trgm GIN indexes. Every list is bounded by its p
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -20,6 +20,7 @@ from sync.model import StoredEntry
 from sync.store.postgres.connect import connect, holder_id, options, redact, short
 from sync.store.postgres.entries import select_entries
 from sync.store.postgres.passes import select_states
+from sync.store.rank import RankedItem
 from sync.store.records import (
     PASS_COLUMNS,
     LeaderRecord,
@@ -36,6 +37,12 @@ if TYPE_CHECKING:
     from sync.config import StorageConfig
 
 __all__ = ["PostgresReader", "like_pattern"]
+
+# ts_rank_cd weights {D namespace, C description, B title and packages, A name}, and its
+# normalisation: 1 divides by 1 + log(length), so a short name-and-title match outranks a
+# long description mentioning the word once.
+RANK_WEIGHTS = "{0.1, 0.2, 0.6, 1.0}"
+RANK_NORM = 1
 
 _ITEM = (
     "SELECT s.name, s.version, e.server, s.meta FROM served s JOIN entries e ON e.id = s.entry_id"
@@ -177,6 +184,29 @@ class PostgresReader:
             params += [pattern, pattern]
         sql = f"{changed}{_ITEM} WHERE {' AND '.join(where)} ORDER BY s.name, s.version LIMIT %s"
         return sql, [*params, q.limit + 1]
+
+    async def ranked(
+        self, view: str, terms: Sequence[str], limit: int, offset: int, *, latest: bool = True
+    ) -> list[RankedItem]:
+        """As the SQLite reader's, ranked by `ts_rank_cd` with weights by field (name, title
+        and packages, description, namespace) and length normalisation."""
+        if not terms:
+            return []
+        # Each term a quoted lexeme with a prefix mark: words hold only letters and digits,
+        # and quoting keeps even those from ever reading as tsquery syntax.
+        query = " & ".join("'" + t.replace("'", "''").replace("\\", "\\\\") + "':*" for t in terms)
+        latest_only = "AND s.is_latest = 1" if latest else ""
+        rows = await self._all(
+            "SELECT s.name, s.version, e.server, s.meta, "
+            f"ts_rank_cd(%s::real[], r.doc, q, {RANK_NORM}) AS score "
+            "FROM to_tsquery('simple', %s) AS q "
+            "JOIN served_rank r ON r.doc @@ q JOIN served s ON s.id = r.id "
+            "JOIN entries e ON e.id = s.entry_id "
+            f"WHERE s.view = %s AND s.status != 'deleted' {latest_only} "
+            "ORDER BY score DESC, s.name, s.version LIMIT %s OFFSET %s",
+            (RANK_WEIGHTS, query, view, limit, offset),
+        )
+        return [((r[0], r[1], r[2], r[3]), float(r[4])) for r in rows]
 
     async def versions(self, view: str, name: str, *, include_deleted: bool) -> list[ServedItem]:
         if NUL in name:

@@ -157,6 +157,77 @@ MIGRATIONS: Sequence[tuple[str, str]] = (
         INSERT INTO leadership (id) VALUES (1);
         """,
     ),
+    (
+        # Ranked search (the SQLite store's `served_rank`): a weighted tsvector per served row,
+        # in a table of its own so that `served` keeps the SQLite store's columns (`copy`
+        # compares them). Words are runs of letters and digits, lowercased, as SQLite's
+        # unicode61 tokenizer reads them (the `simple` parser alone keeps `io.github.x` and
+        # `x/postgres-mcp` whole). Weights: A the name after `/`, B title and package
+        # identifiers, C description, D the namespace. A trigger keeps it in step with
+        # `served` in the writer's own transaction (COPY fires it too); tombstones are not
+        # indexed. Upstream JSON that cannot be read indexes as empty, never fails a write.
+        "0002_served_rank",
+        """
+        CREATE FUNCTION subregistry_words(t text) RETURNS tsvector
+        LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT AS
+        $$ SELECT to_tsvector('simple', regexp_replace(lower(t), '[^[:alnum:]]+', ' ', 'g')) $$;
+
+        CREATE FUNCTION subregistry_rank_doc(name text, description text, server text)
+        RETURNS tsvector LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+        DECLARE
+            doc jsonb;
+            title text := '';
+            packages text := '';
+        BEGIN
+            BEGIN
+                doc := server::jsonb;
+                IF jsonb_typeof(doc) = 'object' THEN
+                    title := coalesce(doc ->> 'title', '');
+                    IF jsonb_typeof(doc -> 'packages') = 'array' THEN
+                        SELECT coalesce(string_agg(p ->> 'identifier', ' '), '') INTO packages
+                        FROM jsonb_array_elements(doc -> 'packages') AS p
+                        WHERE jsonb_typeof(p) = 'object';
+                    END IF;
+                END IF;
+            EXCEPTION WHEN others THEN
+                title := '';
+                packages := '';
+            END;
+            RETURN setweight(subregistry_words(split_part(name, '/', 2)), 'A')
+                || setweight(subregistry_words(split_part(name, '/', 1)), 'D')
+                || setweight(subregistry_words(title), 'B')
+                || setweight(subregistry_words(packages), 'B')
+                || setweight(subregistry_words(coalesce(description, '')), 'C');
+        END $$;
+
+        CREATE TABLE served_rank (id BIGINT PRIMARY KEY, doc tsvector NOT NULL);
+        CREATE INDEX served_rank_doc ON served_rank USING gin (doc);
+
+        CREATE FUNCTION served_rank_upkeep() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP = 'DELETE' THEN
+                DELETE FROM served_rank WHERE id = OLD.id;
+                RETURN NULL;
+            END IF;
+            IF NEW.status = 'deleted' THEN
+                DELETE FROM served_rank WHERE id = NEW.id;
+                RETURN NULL;
+            END IF;
+            INSERT INTO served_rank (id, doc)
+            SELECT NEW.id, subregistry_rank_doc(NEW.name, NEW.description, e.server)
+            FROM entries e WHERE e.id = NEW.entry_id
+            ON CONFLICT (id) DO UPDATE SET doc = excluded.doc;
+            RETURN NULL;
+        END $$;
+
+        INSERT INTO served_rank (id, doc)
+        SELECT s.id, subregistry_rank_doc(s.name, s.description, e.server)
+        FROM served s JOIN entries e ON e.id = s.entry_id WHERE s.status <> 'deleted';
+
+        CREATE TRIGGER served_rank_upkeep AFTER INSERT OR UPDATE OR DELETE ON served
+        FOR EACH ROW EXECUTE FUNCTION served_rank_upkeep();
+        """,
+    ),
 )
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import itertools
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 
 import aiosqlite
 
 from sync.errors import StoreError
 from sync.model import StoredEntry
+from sync.store.rank import RankedItem
 from sync.store.records import (
     PASS_COLUMNS,
     LeaderRecord,
@@ -33,6 +34,8 @@ from sync.store.text import fold
 __all__ = ["SqliteReader"]
 
 
+# bm25 weights in the index's column order: name, namespace, title, description, packages.
+RANK_WEIGHTS = "10.0, 1.0, 6.0, 1.0, 4.0"
 _ITEM = (
     "SELECT s.name, s.version, e.server, s.meta FROM served s JOIN entries e ON e.id = s.entry_id"
 )
@@ -211,6 +214,28 @@ class SqliteReader:
             (phrase, self.search_sort_max + 1),
         )
         return 0 <= int(rows[0][0]) <= self.search_sort_max
+
+    async def ranked(
+        self, view: str, terms: Sequence[str], limit: int, offset: int, *, latest: bool = True
+    ) -> list[RankedItem]:
+        """Up to `limit` items of `view` matching every term as a word prefix, best first
+        (bm25 with column weights, then name and version: a total order, so offsets page
+        stably); tombstones never."""
+        if not terms:
+            return []
+        # Each term a quoted phrase with a prefix star: whatever it holds, it is never syntax.
+        match = " ".join('"' + t.replace('"', '""') + '"*' for t in terms)
+        latest_only = "AND s.is_latest = 1" if latest else ""
+        rows = await self._all(
+            "SELECT s.name, s.version, e.server, s.meta, -r.score FROM (SELECT rowid AS id, "
+            f"bm25(served_rank, {RANK_WEIGHTS}) AS score FROM served_rank "
+            "WHERE served_rank MATCH ?) AS r CROSS JOIN served s ON s.id = r.id "
+            "JOIN entries e ON e.id = s.entry_id "
+            f"WHERE s.view = ? AND s.status != 'deleted' {latest_only} "
+            "ORDER BY r.score, s.name, s.version LIMIT ? OFFSET ?",
+            (match, view, limit, offset),
+        )
+        return [((r[0], r[1], r[2], r[3]), float(r[4])) for r in rows]
 
     async def versions(self, view: str, name: str, *, include_deleted: bool) -> list[ServedItem]:
         hidden = "" if include_deleted else "AND s.status != 'deleted'"

@@ -11,6 +11,7 @@ from sync.store.text import fold
 
 __all__ = [
     "MIGRATIONS",
+    "RANK_TRIGGERS",
     "SEARCH_TRIGGERS",
     "SEARCH_TRIGGER_NAMES",
     "migrate",
@@ -57,6 +58,41 @@ END;
 CREATE TRIGGER served_search_delete AFTER DELETE ON served BEGIN
     INSERT INTO served_search (served_search, rowid, name, description)
     VALUES ('delete', old.id, old.name, old.description);
+END;
+"""
+
+
+# The ranked-search index's fields of a served row `{r}` and its entry `e`: the name's part
+# after `/` (what people call a server) apart from its namespace, the title and the package
+# identifiers (from the upstream JSON, guarded so that odd JSON indexes as empty, never fails
+# a write), and the description.
+def _rank_fields(r: str) -> str:
+    server = "CASE WHEN json_valid(e.server) THEN e.server ELSE '{}' END"
+    return (
+        f"{r}.id, substr({r}.name, instr({r}.name, '/') + 1), "
+        f"substr({r}.name, 1, max(instr({r}.name, '/') - 1, 0)), "
+        f"coalesce(json_extract({server}, '$.title'), ''), {r}.description, "
+        "coalesce((SELECT group_concat(json_extract(p.value, '$.identifier'), ' ') "
+        f"FROM json_each({server}, '$.packages') AS p WHERE p.type = 'object'), '')"
+    )
+
+
+_RANK_COLUMNS = "rowid, name, namespace, title, description, packages"
+# Kept in step with `served` in the writer's own transaction, always (a first full sync
+# included: word tokens cost little next to the trigram index). Tombstones are not indexed.
+RANK_TRIGGERS = f"""
+CREATE TRIGGER served_rank_insert AFTER INSERT ON served WHEN new.status != 'deleted' BEGIN
+    INSERT INTO served_rank ({_RANK_COLUMNS})
+    SELECT {_rank_fields("new")} FROM entries e WHERE e.id = new.entry_id;
+END;
+CREATE TRIGGER served_rank_update AFTER UPDATE ON served BEGIN
+    DELETE FROM served_rank WHERE rowid = old.id;
+    INSERT INTO served_rank ({_RANK_COLUMNS})
+    SELECT {_rank_fields("new")} FROM entries e
+    WHERE e.id = new.entry_id AND new.status != 'deleted';
+END;
+CREATE TRIGGER served_rank_delete AFTER DELETE ON served BEGIN
+    DELETE FROM served_rank WHERE rowid = old.id;
 END;
 """
 
@@ -227,6 +263,23 @@ MIGRATIONS: Sequence[tuple[str, str]] = (
         INSERT INTO served_search (served_search, rank) VALUES ('automerge', 16);
         UPDATE settings SET value = 'ready' WHERE key = 'search_index';
         """,
+    ),
+    (
+        # Ranked search: words (not trigrams) of the served rows, for bm25 with column weights;
+        # diacritics dropped (`cafe` finds café); prefixes of 2 and 3 characters indexed so
+        # that short type-ahead prefixes stay cheap.
+        "0006_served_rank",
+        f"""
+        CREATE VIRTUAL TABLE served_rank USING fts5(
+            name, namespace, title, description, packages,
+            tokenize='unicode61 remove_diacritics 2', prefix='2 3'
+        );
+        INSERT INTO served_rank ({_RANK_COLUMNS})
+        SELECT {_rank_fields("s")} FROM served s JOIN entries e ON e.id = s.entry_id
+        WHERE s.status != 'deleted';
+        INSERT INTO served_rank (served_rank, rank) VALUES ('automerge', 16);
+        """
+        + RANK_TRIGGERS,
     ),
 )
 
