@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 import signal
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from sync.app import create_app
 from sync.config import Config, config_from_mapping
 from sync.curate.curation import Curator
 from sync.metrics import Metrics
+from sync.serve.mcp import build_server, quietly
 from sync.store import open_store
 from tests.cli_helpers import free_port, run, spawn
 from tests.helpers import DEPRECATED, MULTI, serving
@@ -305,6 +307,19 @@ async def test_mcp_only_takes_post(base: str) -> None:
                 assert (await response.json())["status"] == 405
         async with http.post(f"{base}/teams/nowhere/mcp", json={}) as response:
             assert response.status == 404
+
+
+def test_building_the_mcp_server_leaves_logging_alone() -> None:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    root.handlers.clear()  # as in a program that has not configured logging (yet)
+    try:
+        quietly(build_server)
+        assert root.handlers == [] and root.level == level
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert logging.getLogger("mcp").level == logging.WARNING
 
 
 async def test_a_served_daemon_with_mcp_stops_cleanly_on_sigterm(

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
@@ -35,7 +35,7 @@ from sync.serve.mcpbridge import call_asgi
 from sync.serve.routing import BASE, VIEW_ROUTES, view_of
 from sync.store import ListQuery, Reader, ServedItem
 
-__all__ = ["MCP_PATH", "add_mcp_routes", "build_server", "find", "mcp_ctx"]
+__all__ = ["MCP_PATH", "add_mcp_routes", "build_server", "find", "mcp_ctx", "quietly"]
 
 MCP_PATH = "/mcp"
 # The SDK's own default: a tool call is a name and a few short arguments.
@@ -215,6 +215,22 @@ def build_server() -> MCPServer:
     return server
 
 
+def quietly(build: Callable[[], MCPServer]) -> MCPServer:
+    """`build()` without the SDK's logging set-up: `MCPServer()` calls `logging.basicConfig`,
+    which, on a root logger without handlers, would install its own handler and level over
+    whatever the embedding program does next. A handler present for the call makes it a no-op.
+    The SDK's loggers stay at WARNING: in stateless mode they log every request at INFO."""
+    root = logging.getLogger()
+    guard = logging.NullHandler()
+    root.addHandler(guard)
+    try:
+        server = build()
+    finally:
+        root.removeHandler(guard)
+    logging.getLogger("mcp").setLevel(logging.WARNING)
+    return server
+
+
 # --- HTTP ---------------------------------------------------------------------------------
 
 
@@ -248,9 +264,7 @@ async def mcp_ctx(app: web.Application) -> AsyncIterator[None]:
     task group must be left in the task that entered it, and aiohttp may start and clean up
     an application in different tasks."""
     holder = app[MANAGER]
-    server = build_server()
-    # In stateless mode the SDK logs every request's end at INFO.
-    logging.getLogger("mcp").setLevel(logging.WARNING)
+    server = quietly(build_server)
     server.streamable_http_app(
         stateless_http=True,
         json_response=True,
