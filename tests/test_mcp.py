@@ -285,6 +285,26 @@ async def test_a_bearer_view_s_mcp_needs_its_token(base: str) -> None:
         assert names and all(n.startswith("io.github.a") for n in names)
 
 
+async def test_why_not_served_in_a_view_keeps_a_protected_default_view_s_secrets(
+    config: Config,
+) -> None:
+    """The report tells what the default view holds: an open view cannot tell it when the
+    default view is behind auth (the view's own tools still answer)."""
+    settings = mcp_config(config.storage.path)
+    settings["api"] = {"auth": settings["views"][1]["auth"]}
+    async with serving(create_app(config_from_mapping(settings), sync=False)) as base:
+        async with client(f"{base}{PAYMENTS}/mcp") as mcp:
+            for name in ("ai.exa/exa", "io.example/none", "io.github.github/github-mcp-server"):
+                result = await mcp.call_tool("why_not_served", {"name": name})
+                assert result.is_error and "default view" in text(result)
+                assert name not in text(result)
+            assert not (await mcp.call_tool("get_server", {"name": "ai.exa/exa"})).is_error
+        async with client(base + "/mcp", TOKEN) as mcp:
+            result = await mcp.call_tool("why_not_served", {"name": "ai.exa/exa"})
+            assert not result.is_error and result.structured_content is not None
+            assert result.structured_content["view"] == "default"
+
+
 async def test_the_handshake_era_client_works_too(base: str) -> None:
     async with (
         httpx2.AsyncClient(timeout=30) as http,

@@ -29,6 +29,7 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from sync import __version__
+from sync.config import DEFAULT_VIEW
 from sync.curate.explain import explain
 from sync.serve.api import LIVE, READER
 from sync.serve.mcpbridge import call_asgi
@@ -206,10 +207,17 @@ def build_server() -> MCPServer:
         """For each upstream holding the server: every curation rule's verdict on every
         version, and whether and why this registry serves it."""
         request = _request(ctx)
+        config, view = request.app[LIVE].config, view_of(request)
+        if view != DEFAULT_VIEW and config.api.auth.enabled:
+            # The report tells what the default view holds and why: its readers' business.
+            raise ToolError(
+                "why_not_served tells what the default view holds, which has its own auth: "
+                "ask the default view's /mcp"
+            )
         entries = await request.app[READER].entries_for([name])
         if not entries:
             raise ToolError(f"no upstream of this registry holds {name!r}")
-        report = explain(request.app[LIVE].config, entries, None, view=view_of(request))
+        report = explain(config, entries, None, view=view)
         return Explanation.model_validate(report)
 
     return server
