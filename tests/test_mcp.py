@@ -25,6 +25,7 @@ from sync.app import create_app
 from sync.config import Config, config_from_mapping
 from sync.curate.curation import Curator
 from sync.metrics import Metrics
+from sync.reload import reload
 from sync.serve.mcp import build_server, quietly
 from sync.store import open_store
 from tests.cli_helpers import free_port, run, spawn
@@ -303,6 +304,42 @@ async def test_why_not_served_in_a_view_keeps_a_protected_default_view_s_secrets
             result = await mcp.call_tool("why_not_served", {"name": "ai.exa/exa"})
             assert not result.is_error and result.structured_content is not None
             assert result.structured_content["view"] == "default"
+
+
+async def test_a_view_a_reload_adds_answers_at_its_mcp_at_once(config: Config) -> None:
+    settings = mcp_config(config.storage.path)
+    without = {**settings, "views": settings["views"][1:]}
+    app = create_app(config_from_mapping(without), sync=False)
+    async with serving(app) as base, aiohttp.ClientSession() as http:
+        async with http.post(f"{base}{PAYMENTS}/mcp", json={}) as response:
+            assert response.status == 404
+        assert await reload(app, lambda: config_from_mapping(settings))
+        async with client(f"{base}{PAYMENTS}/mcp") as mcp:
+            found = await mcp.call_tool("get_server", {"name": "ai.exa/exa"})
+        assert not found.is_error
+        assert found.structured_content == await rest(
+            f"{base}{PAYMENTS}/v0.1/servers/ai.exa%2Fexa/versions/latest"
+        )
+
+
+async def test_a_call_is_not_bound_by_the_api_s_body_limit_but_by_the_sdk_s(base: str) -> None:
+    """The API takes 1 KiB bodies (it has no writes); a tool call is read as a stream, up to
+    the SDK's own limit (64 KiB)."""
+    headers = {"Accept": "application/json, text/event-stream"}
+
+    def call(query: str) -> dict[str, Any]:
+        arguments = {"name": "search_servers", "arguments": {"query": query, "limit": 1}}
+        return {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": arguments}
+
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/mcp", json=call("x" * 1500), headers=headers) as r:
+            assert r.status == 200
+            body = await r.json()
+        # Read whole, and validated: past the query's 200 characters is a tool error.
+        assert body["result"]["isError"]
+        assert "at most 200 characters" in body["result"]["content"][0]["text"]
+        async with http.post(f"{base}/mcp", json=call("x" * 100_000), headers=headers) as r:
+            assert r.status == 413
 
 
 async def test_the_handshake_era_client_works_too(base: str) -> None:
