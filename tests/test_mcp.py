@@ -29,7 +29,7 @@ from sync.reload import reload
 from sync.serve.mcp import build_server, quietly
 from sync.store import open_store
 from tests.cli_helpers import free_port, run, spawn
-from tests.helpers import DEPRECATED, MULTI, serving
+from tests.helpers import BOTH_BACKENDS, DEPRECATED, MULTI, mirror_config, serving
 
 TOKEN = "mcp-test-token"
 PAYMENTS = "/teams/payments"
@@ -304,6 +304,37 @@ async def test_why_not_served_in_a_view_keeps_a_protected_default_view_s_secrets
             result = await mcp.call_tool("why_not_served", {"name": "ai.exa/exa"})
             assert not result.is_error and result.structured_content is not None
             assert result.structured_content["view"] == "default"
+
+
+@pytest.fixture
+def pg_url(backend: str, request: pytest.FixtureRequest) -> str | None:
+    """The shared PostgreSQL mirror for the postgres run (built outside the test's loop)."""
+    return str(request.getfixturevalue("pg_mirror")) if backend == "postgres" else None
+
+
+@BOTH_BACKENDS
+async def test_the_tools_answer_from_either_backend(
+    tmp_path: Path, mirror_db: Path, pg_url: str | None
+) -> None:
+    path = tmp_path / "mirror.db"
+    shutil.copy(mirror_db, path)
+    config = mirror_config(path, storage_url=pg_url)
+    async with serving(create_app(config, sync=False)) as base, client(base + "/mcp") as mcp:
+        found = await mcp.call_tool("search_servers", {"query": "exa", "limit": 20})
+        listed = await rest(f"{base}/v0.1/servers?search=exa&version=latest&limit=20")
+        assert found.structured_content == listing(listed)
+        got = await mcp.call_tool("get_server", {"name": DEPRECATED[0], "version": DEPRECATED[1]})
+        quoted = DEPRECATED[0].replace("/", "%2F")
+        expected = await rest(f"{base}/v0.1/servers/{quoted}/versions/{DEPRECATED[1]}")
+        assert got.structured_content == expected
+        versions = await mcp.call_tool("list_versions", {"name": MULTI})
+        expected = await rest(f"{base}/v0.1/servers/{MULTI.replace('/', '%2F')}/versions")
+        assert versions.structured_content == listing(expected)
+        report = await mcp.call_tool("why_not_served", {"name": MULTI})
+        assert report.structured_content is not None
+        copies = report.structured_content["upstreams"][0]["versions"]
+        assert len(copies) == 72
+        assert [c["served_status"] for c in copies].count("deleted") == 1
 
 
 async def test_a_view_a_reload_adds_answers_at_its_mcp_at_once(config: Config) -> None:
