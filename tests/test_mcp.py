@@ -223,6 +223,7 @@ async def test_an_unknown_server_or_a_bad_argument_is_a_tool_error(base: str) ->
             ("search_servers", {"query": "x", "limit": 0}, "limit"),
             ("search_servers", {"query": "x", "limit": 101}, "limit"),
             ("get_server", {"name": ""}, "name"),
+            ("get_server", {"name": MULTI, "version": ""}, "version"),
         ):
             result = await mcp.call_tool(tool, arguments)
             assert result.is_error, (tool, arguments)

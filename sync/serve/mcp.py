@@ -181,7 +181,13 @@ def build_server() -> MCPServer:
         return _listing(rows)
 
     @server.tool(title="Get a server", annotations=_READ_ONLY)
-    async def get_server(name: _Name, ctx: Context, version: str = "latest") -> ServerEntry:
+    async def get_server(
+        name: _Name,
+        ctx: Context,
+        version: Annotated[
+            str, Field(min_length=1, max_length=200, description='A version, or "latest".')
+        ] = "latest",
+    ) -> ServerEntry:
         """One version of a server (the latest by default): its server.json, with packages,
         remotes and repository, and the registry's metadata."""
         request = _request(ctx)
