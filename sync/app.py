@@ -30,6 +30,7 @@ from sync.reload import RELOADING
 from sync.serve.api import CACHE, CLOCK, CONFIG, LIVE, METRICS, READER, VIEW, Live, add_routes
 from sync.serve.auth import add_metadata_routes
 from sync.serve.cache import ResponseCache, SerialState, file_id
+from sync.serve.mcp import add_mcp_routes, mcp_ctx
 from sync.serve.middleware import middlewares
 from sync.serve.oidc import oidc_ctx
 from sync.serve.ops import add_ops_routes
@@ -208,6 +209,7 @@ def create_app(
         if sync:
             app.cleanup_ctx.append(pg_writer_ctx)
         app.cleanup_ctx.append(_pg_reader_ctx)
+        app.cleanup_ctx.append(mcp_ctx)
         _add_all_routes(app)
         return app
     app[CACHE] = ResponseCache(config.storage.path, cache_bytes)
@@ -219,6 +221,7 @@ def create_app(
         # the control socket (which may be waiting on one) closes.
         app.cleanup_ctx.append(_control_ctx)
         app.cleanup_ctx.append(_scheduler_ctx)
+    app.cleanup_ctx.append(mcp_ctx)
     _add_all_routes(app)
     return app
 
@@ -227,6 +230,7 @@ def _add_all_routes(app: web.Application) -> None:
     # Every view's routes, whatever the configuration: which view a path is for is decided
     # per request from the configuration in force (a reload may add, move or remove views).
     add_routes(app)
+    add_mcp_routes(app)
     add_metadata_routes(app)
     add_ops_routes(app)
     # Last: the page's `/{base}` matches any path, so view routes added after it are unreachable.
