@@ -34,6 +34,7 @@ from tests.helpers import BOTH_BACKENDS, DEPRECATED, MULTI, mirror_config, servi
 TOKEN = "mcp-test-token"
 PAYMENTS = "/teams/payments"
 SECRET = "/teams/secret"
+NAMESPACE = "io.github.mcp-subregistry"  # the default `[mirror] namespace`
 TOOLS = {"search_servers", "get_server", "list_versions", "why_not_served"}
 
 
@@ -136,6 +137,15 @@ def listing(body: dict[str, Any]) -> dict[str, Any]:
     return {"servers": body["servers"], "metadata": {"count": body["metadata"]["count"]}}
 
 
+async def ranked(base: str, query: str, limit: int, token: str | None = None) -> dict[str, Any]:
+    """The REST ranked search's answer as `search_servers` gives it: one page, and no score
+    (the tool's items are the served form; the order is the score's)."""
+    body = await rest(f"{base}/v0.1/x/{NAMESPACE}/search?q={query}&limit={limit}", token)
+    for item in body["servers"]:
+        del item["_meta"][NAMESPACE]["score"]
+    return listing(body)
+
+
 async def test_tools_are_listed_with_schemas_and_read_only_annotations(base: str) -> None:
     async with client(base + "/mcp") as mcp:
         tools = {tool.name: tool for tool in (await mcp.list_tools()).tools}
@@ -160,10 +170,8 @@ async def test_every_tool_answers_what_the_rest_api_says(base: str) -> None:
     async with client(base + "/mcp") as mcp:
         for query, limit in (("exa", 5), ("github", 100), ("mcp", 3)):
             found = await mcp.call_tool("search_servers", {"query": query, "limit": limit})
-            listed = f"{base}/v0.1/servers?search={query}&version=latest&limit={limit}"
-            expected = await rest(listed)
             assert not found.is_error, text(found)
-            assert found.structured_content == listing(expected)
+            assert found.structured_content == await ranked(base, query, limit)
             assert found.structured_content["metadata"]["count"] > 0
         for name, version in ((MULTI, "latest"), (*DEPRECATED,), ("ai.exa/exa", "latest")):
             got = await mcp.call_tool("get_server", {"name": name, "version": version})
@@ -279,10 +287,8 @@ async def test_a_bearer_view_s_mcp_needs_its_token(base: str) -> None:
     assert statuses and set(statuses) == {401}
     async with client(url, TOKEN) as mcp:
         found = await mcp.call_tool("search_servers", {"query": "io.github", "limit": 50})
-        expected = await rest(
-            f"{base}{SECRET}/v0.1/servers?search=io.github&version=latest&limit=50", TOKEN
-        )
-        assert found.structured_content == listing(expected)
+        expected = await ranked(f"{base}{SECRET}", "io.github", 50, TOKEN)
+        assert found.structured_content == expected
         names = {s["server"]["name"] for s in found.structured_content["servers"]}
         assert names and all(n.startswith("io.github.a") for n in names)
 
@@ -322,8 +328,7 @@ async def test_the_tools_answer_from_either_backend(
     config = mirror_config(path, storage_url=pg_url)
     async with serving(create_app(config, sync=False)) as base, client(base + "/mcp") as mcp:
         found = await mcp.call_tool("search_servers", {"query": "exa", "limit": 20})
-        listed = await rest(f"{base}/v0.1/servers?search=exa&version=latest&limit=20")
-        assert found.structured_content == listing(listed)
+        assert found.structured_content == await ranked(base, "exa", 20)
         got = await mcp.call_tool("get_server", {"name": DEPRECATED[0], "version": DEPRECATED[1]})
         quoted = DEPRECATED[0].replace("/", "%2F")
         expected = await rest(f"{base}/v0.1/servers/{quoted}/versions/{DEPRECATED[1]}")

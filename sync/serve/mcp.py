@@ -34,7 +34,8 @@ from sync.curate.explain import explain
 from sync.serve.api import LIVE, READER
 from sync.serve.mcpbridge import call_asgi
 from sync.serve.routing import BASE, VIEW_ROUTES, view_of
-from sync.store import ListQuery, Reader, ServedItem
+from sync.serve.search import find
+from sync.store import ServedItem
 
 __all__ = ["MCP_PATH", "add_mcp_routes", "build_server", "find", "mcp_ctx", "quietly"]
 
@@ -127,12 +128,6 @@ class Explanation(BaseModel):
 
 
 # --- the tools ----------------------------------------------------------------------------
-
-
-async def find(reader: Reader, view: str, query: str, limit: int) -> list[ServedItem]:
-    """The servers `query` finds in `view`, latest versions only, at most `limit` of them."""
-    rows = await reader.list_servers(ListQuery(view, limit, search=query, version="latest"))
-    return rows[:limit]
 
 
 def _request(ctx: Context) -> web.Request:

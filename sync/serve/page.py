@@ -29,7 +29,8 @@ from sync.model import STATUSES
 from sync.serve.api import LIVE, READER, encode_cursor
 from sync.serve.pages.facts import ServerFacts, facts_of
 from sync.serve.routing import BASE, VIEW_ROUTES, base_of, view_of
-from sync.store import ListQuery, Reader, ServedItem
+from sync.serve.search import find
+from sync.store import ListQuery, Reader
 
 __all__ = ["CSP", "PAGE_SIZE", "add_page_routes", "find"]
 
@@ -49,13 +50,6 @@ CSP = (
 )
 STATIC_PATH = "/ui/static"
 _STATIC = Path(str(resources.files("sync.serve") / "static"))
-
-
-async def find(reader: Reader, view: str, query: str, limit: int) -> list[ServedItem]:
-    """The servers matching `query` in `view`, best first: the one place the page searches, so
-    switching it to ranked search changes the page and nothing else."""
-    rows = await reader.list_servers(ListQuery(view, limit, search=query, version="latest"))
-    return rows[:limit]
 
 
 class PageError(Exception):

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from sync.serve.api import CONFIG, LIVE, PREFIXES, READER, Problem, json_response
 from sync.serve.routing import view_of
-from sync.store import Reader, ServedItem
+from sync.store import ListQuery, Reader, ServedItem
 from sync.store.rank import RankedItem, words
 
 __all__ = ["MAX_QUERY", "SearchPage", "add_search_routes", "find", "ranked_search"]
@@ -89,7 +89,11 @@ async def ranked_search(
 
 async def find(reader: Reader, view: str, query: str, limit: int) -> list[ServedItem]:
     """The `limit` most relevant latest servers of `view` for `query` (for the web page and
-    the MCP tools, which need no paging)."""
+    the MCP tools, which need no paging); a query without a word lists the latest servers
+    by name, so an agent can browse a view."""
+    if not words(query):
+        rows = await reader.list_servers(ListQuery(view, limit, version="latest"))
+        return rows[:limit]
     page = await ranked_search(reader, view, query, limit)
     return [item for item, _ in page.items]
 
