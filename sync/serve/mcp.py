@@ -29,11 +29,10 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from sync import __version__
-from sync.config import DEFAULT_VIEW
 from sync.curate.explain import explain
 from sync.serve.api import LIVE, READER
 from sync.serve.mcpbridge import call_asgi
-from sync.serve.routing import BASE, VIEW_ROUTES, view_of
+from sync.serve.routing import BASE, VIEW_ROUTES, guards_default, view_of
 from sync.serve.search import find
 from sync.store import ServedItem
 
@@ -209,8 +208,7 @@ def build_server() -> MCPServer:
         version, and whether and why this registry serves it."""
         request = _request(ctx)
         config, view = request.app[LIVE].config, view_of(request)
-        if view != DEFAULT_VIEW and config.api.auth.enabled:
-            # The report tells what the default view holds and why: its readers' business.
+        if guards_default(config, view):
             raise ToolError(
                 "why_not_served tells what the default view holds, which has its own auth: "
                 "ask the default view's /mcp"

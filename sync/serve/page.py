@@ -28,7 +28,7 @@ from sync.curate.explain import explain
 from sync.model import STATUSES
 from sync.serve.api import LIVE, READER, encode_cursor
 from sync.serve.pages.facts import ServerFacts, facts_of
-from sync.serve.routing import BASE, VIEW_ROUTES, base_of, view_of
+from sync.serve.routing import BASE, VIEW_ROUTES, base_of, guards_default, view_of
 from sync.serve.search import find
 from sync.store import ListQuery, Reader
 
@@ -220,7 +220,9 @@ async def server_page(request: web.Request) -> web.StreamResponse:
         raise PageError(404, "this view serves no server by that name")
     versions = [facts_of(row, config.mirror.namespace) for row in rows]
     latest = next((v for v in versions if v.is_latest), versions[0])
-    entries = await reader.entries_for([name])
+    # The report tells what the default view holds: not for this view's readers when the
+    # default view has its own auth (as the MCP tool refuses it).
+    entries = [] if guards_default(config, view) else await reader.entries_for([name])
     report = explain(config, entries, None, view) if entries else None
     return _render(
         request,
@@ -234,7 +236,9 @@ async def status_page(request: web.Request) -> web.StreamResponse:
     states = await reader.upstream_states()
     quarantine = await reader.quarantine()
     upstreams = []
-    for upstream in config.upstreams:
+    # The upstreams' passes and quarantine describe the whole mirror, the default view's
+    # holdings included: only its counts for a view whose readers may not see those.
+    for upstream in () if guards_default(config, view) else config.upstreams:
         upstreams.append(
             {
                 "name": upstream.name,

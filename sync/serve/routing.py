@@ -21,6 +21,7 @@ __all__ = [
     "VIEW_ROUTES",
     "ViewAt",
     "base_of",
+    "guards_default",
     "route_label",
     "view_at",
     "view_of",
@@ -67,6 +68,13 @@ def base_of(request: web.Request) -> str | None:
         return None
     base = request.match_info.get(BASE_PARAM)
     return "" if base is None else "/" + base
+
+
+def guards_default(config: Config, view: str) -> bool:
+    """Whether readers of `view` must not be told what the default view holds: a named view
+    while the default view has auth of its own (what it holds is then for its readers only;
+    an explain report, the upstreams' state and their quarantine all describe it)."""
+    return view != DEFAULT_VIEW and config.api.auth.enabled
 
 
 def view_of(request: web.Request) -> str:

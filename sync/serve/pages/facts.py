@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from shlex import quote
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -76,14 +77,16 @@ def install_hint(package: dict[str, Any]) -> Hint:
     identifier = _text(package.get("identifier"))
     version = _text(package.get("version"))
     transport = _text(_object(package.get("transport")).get("type"))
+    # Upstream text, pasted into a shell by whoever copies the hint: every argument quoted,
+    # so `x; curl … | sh` or `$(…)` in an identifier or version stays one inert word.
     if kind == "npm":
-        command = f"npx -y {identifier}@{version}" if version else f"npx -y {identifier}"
+        command = "npx -y " + quote(f"{identifier}@{version}" if version else identifier)
     elif kind == "pypi":
-        command = f"uvx {identifier}=={version}" if version else f"uvx {identifier}"
+        command = "uvx " + quote(f"{identifier}=={version}" if version else identifier)
     elif kind == "oci":
-        command = f"docker run -i --rm {_oci_ref(identifier, version)}"
+        command = "docker run -i --rm " + quote(_oci_ref(identifier, version))
     elif kind == "nuget":
-        command = f"dnx {identifier}@{version}" if version else f"dnx {identifier}"
+        command = "dnx " + quote(f"{identifier}@{version}" if version else identifier)
     else:  # mcpb and anything newer: the identifier is what to fetch
         command = ""
     url = link(identifier) if kind == "mcpb" else None
