@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from sync.credentials import check_ca_file, check_client_cert, resolve_proxy, resolve_secret
+from sync.credentials import CaFile, check_client_cert, resolve_proxy, resolve_secret
 from sync.durations import parse_duration
 from sync.errors import ConfigError
 from sync.overrides import Loc, apply_env
@@ -96,7 +96,7 @@ class UpstreamConfig(Frozen):
     # None: HTTP(S)_PROXY / NO_PROXY from the environment decide; set, it is used for every
     # request of this upstream. A secret as a whole, since it may carry credentials.
     proxy: Annotated[SecretStr | None, BeforeValidator(_proxy)] = None
-    ca_file: Path | None = None  # added to the system trust store, not replacing it
+    ca_file: CaFile = None  # added to the system trust store, not replacing it
     client_cert: Path | None = None  # PEM; may hold the key too
     client_key: Path | None = None
     max_response_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
@@ -117,13 +117,6 @@ class UpstreamConfig(Frozen):
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http(s) base URL such as https://registry.example.com")
         return value.rstrip("/")
-
-    @field_validator("ca_file")
-    @classmethod
-    def _ca_file(cls, value: Path | None) -> Path | None:
-        if value is not None:
-            check_ca_file(value)
-        return value
 
     @field_validator("interval")
     @classmethod

@@ -12,11 +12,19 @@ import os
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import SecretStr
+from pydantic import AfterValidator, SecretStr
 from yarl import URL
 
-__all__ = ["check_ca_file", "check_client_cert", "resolve_proxy", "resolve_secret", "tls_context"]
+__all__ = [
+    "CaFile",
+    "check_ca_file",
+    "check_client_cert",
+    "resolve_proxy",
+    "resolve_secret",
+    "tls_context",
+]
 
 _SOURCE_KEYS = frozenset({"env", "file", "prefix"})
 _FORM = 'a string, or a table such as { env = "REGISTRY_TOKEN", prefix = "Bearer " }'
@@ -135,3 +143,14 @@ def check_client_cert(cert: Path, key: Path | None) -> None:
         raise ValueError(
             f"client_cert: cannot use {what} as a client certificate and key: {_reason(exc)}"
         ) from None
+
+
+def _checked_ca_file(value: Path | None) -> Path | None:
+    if value is not None:
+        check_ca_file(value)
+    return value
+
+
+# A PEM bundle of extra CAs (an upstream's, an OIDC issuer's), checked when the configuration
+# loads so a bad one stops the daemon naming the key rather than failing its first request.
+CaFile = Annotated[Path | None, AfterValidator(_checked_ca_file)]

@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from yarl import URL
 
-from sync.credentials import check_ca_file
+from sync.credentials import CaFile
 from sync.ruleconfig import Duration, EnrichRule, FilterConfig, Frozen, OverrideRule
 
 __all__ = [
@@ -132,7 +132,7 @@ class AuthConfig(Frozen):
     # Keys are fetched again this long after the last fetch, so a key the issuer withdrew
     # stops verifying.
     jwks_ttl: Duration = Field(default=3600.0, ge=1.0)
-    ca_file: Path | None = None  # added to the system trust store for the issuer
+    ca_file: CaFile = None  # added to the system trust store for the issuer
     _tokens: tuple[SecretStr, ...] = PrivateAttr(default=())
 
     @field_validator("algorithms")
@@ -158,13 +158,6 @@ class AuthConfig(Frozen):
         if url.scheme == "http" and is_loopback(url.host):
             return value  # a provider on this machine (development, tests)
         raise ValueError("must be an https URL (http only for a loopback address)")
-
-    @field_validator("ca_file")
-    @classmethod
-    def _ca_file(cls, value: Path | None) -> Path | None:
-        if value is not None:
-            check_ca_file(value)
-        return value
 
     @model_validator(mode="after")
     def _by_type(self) -> AuthConfig:
