@@ -22,7 +22,6 @@ from typing import Any, TextIO, TypeVar, cast
 from sync import __version__
 from sync.commands import (
     STDERR,
-    CommandFailed,
     copy_command,
     explain_command,
     export_command,
@@ -32,8 +31,9 @@ from sync.commands import (
     sync_command,
 )
 from sync.config import DEFAULT_VIEW, Config, load_config
-from sync.errors import ConfigError, StoreError
+from sync.errors import CommandFailed, ConfigError, StoreError
 from sync.logs import configure_logging
+from sync.policy.commands import CLIENTS, FORMATS, doctor_command, policy_export_command
 from sync.pull.checks import check
 
 __all__ = ["main"]
@@ -77,7 +77,38 @@ def _parser() -> argparse.ArgumentParser:
         "copy", help="copy the SQLite mirror into an empty PostgreSQL database, then exit"
     )
     copy.add_argument("--to", required=True, metavar="URL", help="postgresql://user@host/db")
+    _policy_parsers(commands)
     return parser
+
+
+def _policy_parsers(commands: Any) -> None:
+    policy = commands.add_parser("policy", help="turn the served catalogue into client policy")
+    verbs = policy.add_subparsers(dest="verb", required=True)
+    export = verbs.add_parser("export", help="write one client's allowlist or catalogue file")
+    export.add_argument("--format", required=True, choices=FORMATS)
+    export.add_argument("--view", default=DEFAULT_VIEW, help=_VIEW_HELP)
+    where = export.add_mutually_exclusive_group()
+    where.add_argument(
+        "--output", type=Path, help="file (directory for static) to write; default stdout"
+    )
+    where.add_argument(
+        "--check", type=Path, metavar="FILE", help="exit 1 if FILE is not what would be written"
+    )
+    export.add_argument(
+        "--include-deprecated", action="store_true", help="admit deprecated versions too"
+    )
+    export.add_argument("--registry-url", metavar="URL", help="where clients reach this view's API")
+    export.add_argument(
+        "--registry-only", action="store_true", help="vscode: allow registry servers only"
+    )
+    doctor = commands.add_parser("doctor", help="why a client would block a server")
+    target = doctor.add_mutually_exclusive_group(required=True)
+    target.add_argument("--mcp-json", type=Path, metavar="FILE", help="a client's MCP config")
+    target.add_argument("--url", metavar="BASE", help="probe a registry as VS Code would")
+    doctor.add_argument("--client", choices=CLIENTS, help="whose format FILE is (default: guess)")
+    doctor.add_argument("--view", default=DEFAULT_VIEW, help=_VIEW_HELP)
+    doctor.add_argument("--timeout", type=float, default=10.0, help="seconds per probe request")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 # A closed connection's thread ends within milliseconds; only a leaked one outlives this.
@@ -146,6 +177,31 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         return _run(check(config, online=args.online, out=sys.stdout))
     if args.command == "copy":
         return _run(copy_command(config, args.to))
+    if args.command == "policy":
+        return _run(
+            policy_export_command(
+                config,
+                args.format,
+                view=args.view,
+                output=args.output,
+                check=args.check,
+                include_deprecated=args.include_deprecated,
+                registry_url=args.registry_url,
+                registry_only=args.registry_only,
+            )
+        )
+    if args.command == "doctor":
+        return _run(
+            doctor_command(
+                config,
+                mcp_json=args.mcp_json,
+                client=args.client,
+                view=args.view,
+                url=args.url,
+                as_json=args.json,
+                request_timeout=args.timeout,
+            )
+        )
     raise AssertionError(f"unhandled command {args.command}")
 
 

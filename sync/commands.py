@@ -22,7 +22,7 @@ from sync.app import create_app
 from sync.config import Config, load_config
 from sync.curate.curation import Curator
 from sync.curate.explain import explain, render
-from sync.errors import StoreLocked
+from sync.errors import CommandFailed, StoreLocked
 from sync.metrics import Metrics
 from sync.pull.engine import Engine
 from sync.reload import reload
@@ -42,10 +42,6 @@ __all__ = [
     "status_command",
     "sync_command",
 ]
-
-
-class CommandFailed(Exception):
-    """A command cannot do its work; the message is the whole story for the operator."""
 
 
 @asynccontextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "BadResponse",
+    "CommandFailed",
     "ConfigError",
     "MalformedListing",
     "NotLeader",
@@ -16,6 +17,10 @@ __all__ = [
     "UpstreamError",
     "UpstreamUnavailable",
 ]
+
+
+class CommandFailed(Exception):
+    """A command cannot do its work; the message is the whole story for the operator."""
 
 
 class ConfigError(Exception):

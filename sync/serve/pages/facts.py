@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from shlex import quote
+from shlex import join
 from typing import Any
 from urllib.parse import urlsplit
 
+from sync.launch import argv
 from sync.model import OFFICIAL
 from sync.store import ServedItem
 
@@ -62,33 +63,16 @@ class Hint:
     transport: str
 
 
-def _oci_ref(identifier: str, version: str) -> str:
-    # Newer server.json puts the tag or digest in the identifier itself.
-    last = identifier.rsplit("/", 1)[-1]
-    if not version or ":" in last or "@" in last:
-        return identifier
-    return f"{identifier}:{version}"
-
-
 def install_hint(package: dict[str, Any]) -> Hint:
     """The command that runs a package, by its registry type (the way each ecosystem's own
     launcher pins an exact version)."""
     kind = _text(package.get("registryType")).lower()
     identifier = _text(package.get("identifier"))
-    version = _text(package.get("version"))
     transport = _text(_object(package.get("transport")).get("type"))
     # Upstream text, pasted into a shell by whoever copies the hint: every argument quoted,
     # so `x; curl … | sh` or `$(…)` in an identifier or version stays one inert word.
-    if kind == "npm":
-        command = "npx -y " + quote(f"{identifier}@{version}" if version else identifier)
-    elif kind == "pypi":
-        command = "uvx " + quote(f"{identifier}=={version}" if version else identifier)
-    elif kind == "oci":
-        command = "docker run -i --rm " + quote(_oci_ref(identifier, version))
-    elif kind == "nuget":
-        command = "dnx " + quote(f"{identifier}@{version}" if version else identifier)
-    else:  # mcpb and anything newer: the identifier is what to fetch
-        command = ""
+    words = argv(package)
+    command = join(words) if words else ""
     url = link(identifier) if kind == "mcpb" else None
     return Hint(kind or "unknown", identifier, command, url, transport)
 

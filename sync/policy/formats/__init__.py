@@ -1,0 +1,1 @@
+"""One module per client format; each exposes `export(servers, options, sink)`."""
