@@ -798,3 +798,34 @@ class TestCline:
         assert "https://new.moved.example.com/sse" in urls
         assert "https://old.moved.example.com/sse" not in urls
         assert any("is a template" in w for w in result.warnings)
+
+
+async def test_hostile_names_and_urls_stay_inert_in_warnings_and_files() -> None:
+    """Upstream text reaches a terminal (warnings) and a JSON file: no raw control character
+    in a warning, and the files are valid JSON holding the text as data."""
+    name = "io.x/\x1b[31mred\n\rfake: ok"
+    group = ServerGroup(
+        name,
+        (
+            served(
+                name, "1.0.0\x07",
+                remotes=["https://{h}/\x1b]8;;evil\x07", "https://ok.example.com/a\nb"],
+                packages=[with_args(npm("p\x1b[2J", "1"), {"type": "positional", "valueHint": "x"}),
+                          npm("q;rm -rf /", "1")],
+            ),
+        ),
+    )  # fmt: skip
+    for dialect in (matchers.COPILOT, matchers.CLAUDE):
+        policy = await build(group, dialect=dialect)
+        assert policy.warnings
+        for warning in policy.warnings:
+            assert not any(ord(c) < 0x20 or c == "\x7f" for c in warning), warning
+        assert {"serverCommand": ["npx", "q;rm -rf /@1"]} in policy.allowed
+        # WHATWG URL parsing drops tabs and newlines, as `new URL` does in the client.
+        assert {"serverUrl": "https://ok.example.com/ab"} in policy.allowed
+        assert vscode_check(as_policy(policy), url="https://ok.example.com/a\nb") == "allowed"
+        assert json.loads(github.render(policy))["allowedMcpServers"] == policy.allowed
+    sink = FileSink(None)
+    await cline.export(stream(group), ExportOptions(view="default"), sink)
+    assert sink.data is not None
+    assert json.loads(sink.data)["allowedMCPServers"] == [{"id": name}]
