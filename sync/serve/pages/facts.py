@@ -14,7 +14,7 @@ from shlex import join
 from typing import Any
 from urllib.parse import urlsplit
 
-from sync.launch import argv
+from sync.launch import hint
 from sync.model import OFFICIAL
 from sync.store import ServedItem
 
@@ -64,14 +64,14 @@ class Hint:
 
 
 def install_hint(package: dict[str, Any]) -> Hint:
-    """The command that runs a package, by its registry type (the way each ecosystem's own
-    launcher pins an exact version)."""
+    """The command that runs a package, as a client installing it would build it
+    (`sync.launch`), with a `<placeholder>` where the user supplies a value."""
     kind = _text(package.get("registryType")).lower()
     identifier = _text(package.get("identifier"))
     transport = _text(_object(package.get("transport")).get("type"))
     # Upstream text, pasted into a shell by whoever copies the hint: every argument quoted,
     # so `x; curl … | sh` or `$(…)` in an identifier or version stays one inert word.
-    words = argv(package)
+    words = hint(package)
     command = join(words) if words else ""
     url = link(identifier) if kind == "mcpb" else None
     return Hint(kind or "unknown", identifier, command, url, transport)
