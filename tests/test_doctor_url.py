@@ -346,6 +346,12 @@ class TestFailuresAreReportsNotTracebacks:
         assert (code, out) == (1, "")
         assert err.startswith("subregistry: --url: ") and err.count("\n") == 1, err
 
+    @pytest.mark.parametrize("seconds", ["0", "-1", "nan", "inf"])
+    async def test_a_bad_timeout_is_one_line(self, seconds: str) -> None:
+        code, out, err = await run("doctor", "--url", "http://127.0.0.1:9", "--timeout", seconds)
+        assert (code, out) == (1, "")
+        assert err.startswith("subregistry: --timeout: ") and err.count("\n") == 1, err
+
 
 def test_checks_are_in_the_documented_order() -> None:
     assert CHECKS == (

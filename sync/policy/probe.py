@@ -24,6 +24,7 @@ does is reported as a failed check with its reason, never raised.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -395,6 +396,8 @@ def _root(base: str) -> str:
 async def probe(base: str, *, request_timeout: float) -> Report:
     """Every check in `CHECKS`, in order, as one report; a failed version probe leaves the
     rest not run (there is no API to ask), reported as failed so the exit code says so."""
+    if not 0 < request_timeout < math.inf:  # aiohttp reads 0 as "no timeout"
+        raise CommandFailed(f"--timeout: {request_timeout:g} is not a positive number of seconds")
     try:
         given = _root(base)
     except ValueError as exc:
