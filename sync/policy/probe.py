@@ -42,7 +42,9 @@ from sync.policy.probe_http import (
     Failed,
     Http,
     answered,
+    base_url,
     encode_component,
+    header_list,
     item_key,
     item_problems,
     json_body,
@@ -137,10 +139,6 @@ async def _base_url(run: _Run) -> tuple[str, list[Problem]]:
     return f"{slashed} → {url}{kept}", []
 
 
-def _allowed(value: str) -> set[str]:
-    return {part.strip().lower() for part in value.split(",") if part.strip()}
-
-
 def _origin_problems(answer: Answer, code: str) -> list[Problem]:
     allow_origin = answer.headers.get("Access-Control-Allow-Origin")
     if allow_origin in ("*", ORIGIN):
@@ -179,10 +177,10 @@ async def _cors_preflight(run: _Run) -> tuple[str, list[Problem]]:
             ),
         )
     fix = "answer OPTIONS with Access-Control-Allow-Methods: GET, OPTIONS"
-    methods = _allowed(answer.headers.get("Access-Control-Allow-Methods", ""))
+    methods = header_list(answer.headers.get("Access-Control-Allow-Methods", ""))
     if not methods & {"get", "*"}:
         problems.append(Problem("cors", "Access-Control-Allow-Methods does not list GET", fix))
-    headers = _allowed(answer.headers.get("Access-Control-Allow-Headers", ""))
+    headers = header_list(answer.headers.get("Access-Control-Allow-Headers", ""))
     # `*` covers every request header but Authorization (Fetch standard).
     missing = [
         h
@@ -384,22 +382,13 @@ _STEPS: tuple[tuple[str, _Step], ...] = (
 CHECKS = tuple(subject for subject, _ in _STEPS)
 
 
-def _root(base: str) -> str:
-    url = URL(base)
-    if url.scheme not in ("http", "https") or not url.host or url.raw_query_string or url.fragment:
-        raise CommandFailed(
-            f"--url: {short(base, 200)!r} is not an http(s) base URL without a query"
-        )
-    return str(url)
-
-
 async def probe(base: str, *, request_timeout: float) -> Report:
     """Every check in `CHECKS`, in order, as one report; a failed version probe leaves the
     rest not run (there is no API to ask), reported as failed so the exit code says so."""
     if not 0 < request_timeout < math.inf:  # aiohttp reads 0 as "no timeout"
         raise CommandFailed(f"--timeout: {request_timeout:g} is not a positive number of seconds")
     try:
-        given = _root(base)
+        given = base_url(base)
     except ValueError as exc:
         raise CommandFailed(f"--url: {short(base, 200)!r}: {exc}") from None
     # VS Code removes one trailing `/`, whatever comes before it.

@@ -18,6 +18,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
+from sync.errors import CommandFailed
 from sync.policy.report import Problem
 
 __all__ = [
@@ -26,7 +27,9 @@ __all__ = [
     "Failed",
     "Http",
     "answered",
+    "base_url",
     "encode_component",
+    "header_list",
     "item_key",
     "item_problems",
     "json_body",
@@ -170,3 +173,19 @@ def item_key(item: Any) -> tuple[str, str]:
 def encode_component(text: str) -> str:
     """JavaScript's `encodeURIComponent`: `/` → `%2F`, `@` → `%40`, UTF-8 for the rest."""
     return quote(text, safe=_URI_COMPONENT_SAFE)
+
+
+def base_url(base: str) -> str:
+    """The base as given, encoded; a command error unless it is an http(s) URL with a host and
+    without a query or fragment (clients append paths to it)."""
+    url = URL(base)
+    if url.scheme not in ("http", "https") or not url.host or url.raw_query_string or url.fragment:
+        raise CommandFailed(
+            f"--url: {short(base, 200)!r} is not an http(s) base URL without a query"
+        )
+    return str(url)
+
+
+def header_list(value: str) -> set[str]:
+    """A comma-separated header value as lower-case members."""
+    return {part.strip().lower() for part in value.split(",") if part.strip()}
