@@ -303,6 +303,21 @@ class TestABrokenRegistryFailsWhatItBreaks:
 
 
 class TestFailuresAreReportsNotTracebacks:
+    async def test_an_empty_first_page_with_a_cursor(self) -> None:
+        """Odd paging is judged, never a crash: page 2 has what page 1 had not."""
+        item = {"server": {"name": "io.github.acme/one", "description": "d", "version": "1"}}
+        app = web.Application()
+
+        async def servers(request: web.Request) -> web.Response:
+            if "cursor" in request.query:
+                return web.json_response({"servers": [item], "metadata": {}})
+            return web.json_response({"servers": [], "metadata": {"nextCursor": "p1"}})
+
+        app.router.add_get("/v0.1/servers", servers)
+        async with serving(app) as url:
+            report = await probe(url, request_timeout=TIMEOUT)
+        assert findings(report)["cursor"].ok, findings(report)["cursor"]
+
     async def test_a_closed_port(self) -> None:
         url = f"http://127.0.0.1:{free_port()}/registry"
         code, out, err = await run("doctor", "--url", url, "--timeout", "5")

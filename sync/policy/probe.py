@@ -292,7 +292,7 @@ async def _cursor(run: _Run) -> tuple[str, list[Problem]]:
         except Failed as failed:
             problems.append(Problem("cursor", f"with the {how} cursor: {failed.problem.message}"))
             continue
-        if not second or second[0] == keys[0]:
+        if not second or second[:1] == keys[:1]:
             problems.append(Problem("cursor", f"page 2 with the {how} cursor is not the next page"))
     if problems:
         return "page 2 is not reached the way every client asks for it", problems
