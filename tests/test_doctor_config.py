@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,28 @@ async def test_a_server_the_view_drops_names_the_rule(mirror: Path) -> None:
     assert [p["code"] for p in exa["problems"]] == ["not-in-view"]
     assert "views.team.filter.exclude" in exa["problems"][0]["message"]
     assert _finding(report, "com.example.tenant/mcp")["ok"]
+
+
+async def test_a_server_the_view_withdraws_later_is_not_in_view(
+    mirror: Path, tmp_path: Path
+) -> None:
+    """Once served, a server a new view rule drops stays in the view as tombstones: the doctor
+    still names the rule, rather than calling its versions deleted."""
+    for source in mirror.parent.glob("mirror.db*"):
+        shutil.copy(source, tmp_path / source.name)
+    text = mirror.read_text().replace(str(mirror.parent / "mirror.db"), str(tmp_path / "mirror.db"))
+    config = tmp_path / "subregistry.toml"
+    config.write_text(text.replace('exclude = ["ai.exa/*"]', 'exclude = ["ai.exa/*", "dev.*"]'))
+    code, _, err = await run("--config", config, "reapply")
+    assert code == 0, err
+    path = FILES / "settings.json"
+    code, out, err = await doctor(config, "--mcp-json", path, "--view", "team", "--json")
+    assert code == 1, err
+    (finding,) = json.loads(out)["findings"]
+    assert [p["code"] for p in finding["problems"]] == ["not-in-view"]
+    assert "rule views.team.filter.exclude dropped it" in finding["problems"][0]["message"]
+    code, out, _ = await doctor(config, "--mcp-json", path, "--json")  # the default view
+    assert code == 0
 
 
 async def test_what_an_exported_allowlist_refuses(mirror: Path) -> None:
