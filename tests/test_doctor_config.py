@@ -88,6 +88,7 @@ async def test_the_reported_mistakes_each_get_their_code_and_fix(mirror: Path) -
         "GitHub": ["name-mismatch"],
         "ai.exa/exa": ["remote-mismatch"],
         "com.example.tenant/mcp": ["remote-mismatch"],
+        "Tenant MCP": ["name-mismatch", "remote-mismatch"],
         "com.smartbear/smartbear-mcp": ["deleted"],
         "dev.openfeature/mcp": ["package-mismatch"],
         "io.github.github/github-mcp": ["unknown-server"],
@@ -100,6 +101,8 @@ async def test_the_reported_mistakes_each_get_their_code_and_fix(mirror: Path) -
     assert "set the url to https://mcp.exa.ai/mcp" in _fixes(_finding(report, "ai.exa/exa"))
     tenant = _fixes(_finding(report, "com.example.tenant/mcp"))
     assert "https://{tenant}.mcp.example.com/mcp" in tenant
+    titled = _finding(report, "Tenant MCP")  # recognised by its title alone
+    assert titled["problems"][0]["fix"] == "rename the key to com.example.tenant/mcp"
     deleted = _finding(report, "com.smartbear/smartbear-mcp")
     assert (deleted["version"], deleted["status"]) == ("0.10.0", "deleted")
     assert "move to version 0.12.1" in _fixes(deleted)
@@ -114,7 +117,7 @@ async def test_the_reported_mistakes_each_get_their_code_and_fix(mirror: Path) -
     assert code == 1
     assert "  FAIL GitHub: blocked: name-mismatch" in text
     assert "fix: rename the key to io.github.github/github-mcp-server" in text
-    assert text.endswith("0/7 servers allowed\n")
+    assert text.endswith("0/8 servers allowed\n")
 
 
 async def test_a_deprecated_pin_is_blocked_and_a_template_filling_is_allowed(mirror: Path) -> None:
@@ -126,6 +129,7 @@ async def test_a_deprecated_pin_is_blocked_and_a_template_filling_is_allowed(mir
         "com.smartbear/smartbear-mcp": ["deprecated"],
         "com.example.tenant/mcp": [],
         "ai.exa/exa": [],
+        "io.github.github/github-mcp-server": [],
     }
     deprecated = _finding(report, "com.smartbear/smartbear-mcp")
     assert (deprecated["version"], deprecated["status"]) == ("0.11.0", "deprecated")
@@ -133,6 +137,8 @@ async def test_a_deprecated_pin_is_blocked_and_a_template_filling_is_allowed(mir
     tenant = _finding(report, "com.example.tenant/mcp")
     assert tenant["ok"] and tenant["template"] == "https://{tenant}.mcp.example.com/mcp"
     assert tenant["summary"].startswith("allowed: com.example.tenant/mcp 1.0.0")
+    image = _finding(report, "io.github.github/github-mcp-server")  # the tag pins 0.21.0
+    assert image["summary"] == "allowed: io.github.github/github-mcp-server 0.21.0"
 
 
 async def test_a_server_the_view_drops_names_the_rule(mirror: Path) -> None:
