@@ -129,8 +129,12 @@ async def test_a_deprecated_pin_is_blocked_and_a_template_filling_is_allowed(mir
         "com.smartbear/smartbear-mcp": ["deprecated"],
         "com.example.tenant/mcp": [],
         "ai.exa/exa": [],
+        "GitHub": ["name-mismatch"],
         "io.github.github/github-mcp-server": [],
     }
+    label = _finding(report, "GitHub")  # only a note for Claude Code: it matches the URL
+    assert label["ok"] and label["summary"] == "allowed: io.github.github/github-mcp-server 0.24.1"
+    assert "Claude Code itself matches the URL or command" in _fixes(label)
     deprecated = _finding(report, "com.smartbear/smartbear-mcp")
     assert (deprecated["version"], deprecated["status"]) == ("0.11.0", "deprecated")
     assert "--include-deprecated" in _fixes(deprecated)

@@ -22,7 +22,6 @@ What is checked, and where each rule comes from:
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,32 +31,19 @@ from sync.config import Config
 from sync.curate.explain import explain
 from sync.launch import argv
 from sync.policy.catalogue import ServedVersion, ServerGroup, groups, version_of
-from sync.policy.invocation import Invocation, identify, image_repository
+from sync.policy.invocation import (
+    Invocation,
+    identify,
+    image_repository,
+    package_key,
+    served_key,
+)
 from sync.policy.mcpconfig import ConfiguredServer, read, references
 from sync.policy.report import Finding, Problem, Report
 from sync.policy.templates import canonical, is_template, matches
 from sync.store import Reader
 
 __all__ = ["diagnose"]
-
-NOTES = frozenset({"unresolved-variable"})  # reported, but they do not block
-
-
-def _package_key(registry_type: str, identifier: str) -> tuple[str, str]:
-    kind = registry_type.lower()
-    ident = identifier.strip()
-    if kind == "pypi":  # PEP 503 names: case and runs of -_. do not matter
-        ident = re.sub(r"[-_.]+", "-", ident)
-    if kind == "oci":
-        ident = image_repository(ident)[0]
-    return kind, ident.lower()
-
-
-def _served_key(package: dict[str, Any]) -> tuple[str, str] | None:
-    kind, ident = package.get("registryType"), package.get("identifier")
-    if isinstance(kind, str) and isinstance(ident, str) and ident:
-        return _package_key(kind, ident)
-    return None
 
 
 @dataclass
@@ -83,7 +69,7 @@ class _Index:
             if v.title:
                 self.titles.setdefault(v.title.casefold(), set()).add(group.name)
             for p in v.packages:
-                key = _served_key(p)
+                key = served_key(p)
                 if key is not None:
                     self.packages.setdefault(key, set()).add(group.name)
             for r in v.remotes:
@@ -101,7 +87,7 @@ class _Index:
             found += sorted(self.remotes.get(canonical(server.url), ()))
             found += sorted(n for t, n in self.templates if matches(t, server.url))
         if invocation is not None:
-            key = _package_key(invocation.registry_type, invocation.identifier)
+            key = package_key(invocation.registry_type, invocation.identifier)
             found += sorted(self.packages.get(key, ()))
         found += sorted(self.titles.get(server.key.casefold(), ()))
         found += sorted(self.folded.get(server.key.casefold(), ()))
@@ -149,11 +135,11 @@ def _shell(words: Iterable[str]) -> str:
 def _pinned(rows: list[ServedVersion], invocation: Invocation) -> ServedVersion | None:
     """The served version whose package the configured command pins (its package version,
     an image tag within the identifier, or else the server version itself)."""
-    want = _package_key(invocation.registry_type, invocation.identifier)
+    want = package_key(invocation.registry_type, invocation.identifier)
     hits: list[ServedVersion] = []
     for v in rows:
         for p in v.packages:
-            if _served_key(p) != want:
+            if served_key(p) != want:
                 continue
             ident = p.get("identifier") if isinstance(p.get("identifier"), str) else ""
             tag = image_repository(str(ident))[1] if invocation.registry_type == "oci" else ""
@@ -234,9 +220,9 @@ def _package_problems(
                 f"configure it as a remote server with url {urls[0]}" if urls else "",
             )
         ]
-    served = [(p, _served_key(p)) for p in target.packages]
+    served = [(p, served_key(p)) for p in target.packages]
     if invocation is not None and all(
-        k != _package_key(invocation.registry_type, invocation.identifier) for _, k in served
+        k != package_key(invocation.registry_type, invocation.identifier) for _, k in served
     ):
         listed = ", ".join(f"{p.get('registryType')} {p.get('identifier')}" for p, _ in served)
         return [
@@ -264,10 +250,8 @@ def _package_problems(
     ]
 
 
-async def _finding(
-    config: Config, reader: Reader, view: str, index: _Index, server: ConfiguredServer
-) -> Finding:
-    notes = [
+def _notes(server: ConfiguredServer) -> list[Problem]:
+    return [
         Problem(
             "unresolved-variable",
             f"`{ref}` in the {where} is filled in by the client at start; Copilot blocks the "
@@ -277,30 +261,76 @@ async def _finding(
         for where, value in [("url", server.url), ("command", _shell(server.argv))]
         for ref in references(value)
     ]
-    if server.errors:
-        problem = Problem("unreadable-entry", "; ".join(server.errors), "fix the entry")
-        details = _details(None, None, None)
-        return Finding(server.key, False, "blocked: unreadable-entry", (problem,), details)
-    invocation = None if server.remote else identify(server.command, server.args)
-    problems: list[Problem] = []
-    name = server.key if server.key in index.names else None
-    # A name the view does not serve, or serves only as tombstones: a view rule may drop it.
-    held = [] if server.key in index.live else await reader.entries_for([server.key])
-    why = _dropped(explain(config, held, None, view=view)) if held else []
-    if held and (name is None or any(w.startswith("rule ") for w in why)):
-        problem = Problem(
-            "not-in-view",
-            f"the mirror holds {server.key} but view {view} does not serve it: "
-            + "; ".join(why or ["no copy of it is served"]),
-            "ask the view's owner to change that rule, or use a server the view serves",
-        )
-        details = _details(server.key, None, None)
-        return Finding(server.key, False, "blocked: not-in-view", (problem, *notes), details)
-    if name is None:
+
+
+def _blocked(server: ConfiguredServer, problem: Problem, notes: list[Problem]) -> Finding:
+    name = server.key if problem.code == "not-in-view" else None
+    return Finding(
+        server.key, False, f"blocked: {problem.code}", (problem, *notes), _details(name, None, None)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Doctor:
+    config: Config
+    reader: Reader
+    view: str
+    index: _Index
+    client: str
+
+    async def finding(self, server: ConfiguredServer) -> Finding:
+        """One configured server's verdict. Problems block it; notes (an unresolved variable,
+        a key Claude Code does not match on) are shown beside them and block nothing."""
+        notes = _notes(server)
+        if server.errors:
+            problem = Problem("unreadable-entry", "; ".join(server.errors), "fix the entry")
+            return _blocked(server, problem, [])
+        invocation = None if server.remote else identify(server.command, server.args)
+        named = await self._name(server, invocation)
+        if isinstance(named, Problem):
+            return _blocked(server, named, notes)
+        name, mismatch = named
+        problems: list[Problem] = []
+        if mismatch is not None and self.client == "claude-code":
+            # Claude Code has no registry-only mode; its allowlists match a URL or a command
+            # ("A `serverName` match counts only when the allowlist contains no `serverUrl`
+            # entries": code.claude.com/docs/en/managed-mcp). The key is only a note there.
+            message = mismatch.message.replace("a registry-only", "only a registry-only")
+            notes.insert(
+                0,
+                Problem(
+                    mismatch.code,
+                    message + " (Claude Code itself matches the URL or command)",
+                    mismatch.fix + " if the same entry also goes to VS Code or Copilot",
+                ),
+            )
+        elif mismatch is not None:
+            problems.append(mismatch)
+        return await self._check(server, invocation, name, problems, notes)
+
+    async def _name(
+        self, server: ConfiguredServer, invocation: Invocation | None
+    ) -> tuple[str, Problem | None] | Problem:
+        """The served name the entry stands for (with a name-mismatch when its key is not
+        that name), or the problem that ends its diagnosis."""
+        view, index = self.view, self.index
+        name = server.key if server.key in index.names else None
+        # A name the view does not serve, or serves only as tombstones: a view rule may drop it.
+        held = [] if server.key in index.live else await self.reader.entries_for([server.key])
+        why = _dropped(explain(self.config, held, None, view=view)) if held else []
+        if held and (name is None or any(w.startswith("rule ") for w in why)):
+            return Problem(
+                "not-in-view",
+                f"the mirror holds {server.key} but view {view} does not serve it: "
+                + "; ".join(why or ["no copy of it is served"]),
+                "ask the view's owner to change that rule, or use a server the view serves",
+            )
+        if name is not None:
+            return name, None
         known = index.recognise(server, invocation)
         if not known:
             near = index.closest(server.key)
-            problem = Problem(
+            return Problem(
                 "unknown-server",
                 f"view {view} serves no server named {server.key}, "
                 + (
@@ -312,50 +342,58 @@ async def _finding(
                 ),
                 f"did you mean {', '.join(near)}?" if near else "add it to the registry",
             )
-            details = _details(None, None, None)
-            return Finding(server.key, False, "blocked: unknown-server", (problem, *notes), details)
         name = known[0]
         also = f" (also: {', '.join(known[1:3])})" if len(known) > 1 else ""
-        problems.append(
-            Problem(
-                "name-mismatch",
-                f"the key {server.key} is not a served name, but the server is {name}{also}; "
-                "a registry-only client matches the name exactly",
-                f"rename the key to {name}",
+        return name, Problem(
+            "name-mismatch",
+            f"the key {server.key} is not a served name, but the server is {name}{also}; "
+            "a registry-only client matches the name exactly",
+            f"rename the key to {name}",
+        )
+
+    async def _check(
+        self,
+        server: ConfiguredServer,
+        invocation: Invocation | None,
+        name: str,
+        problems: list[Problem],
+        notes: list[Problem],
+    ) -> Finding:
+        """The served versions of `name` against the entry: the pinned (or latest) version's
+        status, then its remotes or packages."""
+        reader, view = self.reader, self.view
+        rows = [version_of(r) for r in await reader.versions(view, name, include_deleted=True)]
+        latest_row = await reader.version(view, name, "latest", include_deleted=True)
+        group = ServerGroup(name, tuple(rows))
+        current = group.current(include_deprecated=False)
+        chosen = version_of(latest_row) if latest_row else None
+        if invocation is not None and invocation.version:
+            chosen = _pinned(rows, invocation) or chosen
+        blocked_by_status = chosen is not None and chosen.status in {"deleted", "deprecated"}
+        if chosen is not None and blocked_by_status:
+            problems.append(_status_problem(chosen, current, view))
+        target = chosen if chosen is not None and chosen.status != "deleted" else current
+        template = ""
+        if target is not None:
+            if server.remote:
+                more, template = _remote_problems(server, target)
+                problems += more
+            elif not blocked_by_status:
+                admitted = group.allowed(include_deprecated=False)
+                problems += _package_problems(server, invocation, target, admitted)
+        shown = chosen or target
+        details = _details(name, shown.version if shown else None, shown.status if shown else None)
+        if template:
+            details["template"] = template
+        codes = [p.code for p in problems]
+        label = f"{name} {shown.version}" if shown else name
+        if codes:
+            summary = f"blocked: {', '.join(codes)} (matched {label})"
+        else:
+            summary = f"allowed: {label}" + (
+                f" (the URL fills template {template})" if template else ""
             )
-        )
-    rows = [version_of(r) for r in await reader.versions(view, name, include_deleted=True)]
-    latest_row = await reader.version(view, name, "latest", include_deleted=True)
-    group = ServerGroup(name, tuple(rows))
-    current = group.current(include_deprecated=False)
-    chosen = version_of(latest_row) if latest_row else None
-    if invocation is not None and invocation.version:
-        chosen = _pinned(rows, invocation) or chosen
-    blocked_by_status = chosen is not None and chosen.status in {"deleted", "deprecated"}
-    if chosen is not None and blocked_by_status:
-        problems.append(_status_problem(chosen, current, view))
-    target = chosen if chosen is not None and chosen.status != "deleted" else current
-    template = ""
-    if target is not None:
-        if server.remote:
-            more, template = _remote_problems(server, target)
-            problems += more
-        elif not blocked_by_status:
-            admitted = group.allowed(include_deprecated=False)
-            problems += _package_problems(server, invocation, target, admitted)
-    shown = chosen or target
-    details = _details(name, shown.version if shown else None, shown.status if shown else None)
-    if template:
-        details["template"] = template
-    codes = [p.code for p in problems]
-    label = f"{name} {shown.version}" if shown else name
-    if codes:
-        summary = f"blocked: {', '.join(codes)} (matched {label})"
-    else:
-        summary = f"allowed: {label}" + (
-            f" (the URL fills template {template})" if template else ""
-        )
-    return Finding(server.key, not codes, summary, (*problems, *notes), details)
+        return Finding(server.key, not codes, summary, (*problems, *notes), details)
 
 
 async def diagnose(
@@ -367,6 +405,7 @@ async def diagnose(
     index = _Index()
     async for group in groups(reader, view):
         index.add(group)
-    findings = [await _finding(config, reader, view, index, s) for s in parsed.servers]
+    doctor = _Doctor(config, reader, view, index, parsed.client)
+    findings = [await doctor.finding(s) for s in parsed.servers]
     shown = parsed.client + (f" (guessed from `{parsed.where}`)" if parsed.assumed else "")
     return Report("mcp-json", str(path), tuple(findings), {"client": shown, "view": view})

@@ -10,11 +10,12 @@ docker options), since the doctor must recognise a server however it was configu
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath, PureWindowsPath
+from typing import Any
 
-__all__ = ["Invocation", "identify", "image_repository"]
+__all__ = ["Invocation", "identify", "image_repository", "package_key", "served_key"]
 
 # Docker `run` options that take the next argument as their value (when not written `--x=v`).
 _DOCKER_VALUED = frozenset(
@@ -157,4 +158,23 @@ def identify(command: str, args: Sequence[str]) -> Invocation | None:
         return _oci(args)
     if program == "dnx" or (program == "dotnet" and args[:2] == ["tool", "exec"]):
         return _nuget(args[2:] if program == "dotnet" else args)
+    return None
+
+
+def package_key(registry_type: str, identifier: str) -> tuple[str, str]:
+    """What makes two packages the same, as each registry compares names: (type, name)."""
+    kind = registry_type.lower()
+    ident = identifier.strip()
+    if kind == "pypi":  # PEP 503 names: case and runs of -_. do not matter
+        ident = re.sub(r"[-_.]+", "-", ident)
+    if kind == "oci":
+        ident = image_repository(ident)[0]
+    return kind, ident.lower()
+
+
+def served_key(package: Mapping[str, Any]) -> tuple[str, str] | None:
+    """`package_key` of a served `packages[]` entry (None when it names no identifier)."""
+    kind, ident = package.get("registryType"), package.get("identifier")
+    if isinstance(kind, str) and isinstance(ident, str) and ident:
+        return package_key(kind, ident)
     return None
