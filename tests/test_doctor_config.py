@@ -92,6 +92,7 @@ async def test_the_reported_mistakes_each_get_their_code_and_fix(mirror: Path) -
         "com.smartbear/smartbear-mcp": ["deleted"],
         "dev.openfeature/mcp": ["package-mismatch"],
         "io.github.github/github-mcp": ["unknown-server"],
+        "exa": ["unknown-server"],
         "company-wiki": ["unknown-server"],
     }
     assert [f["subject"] for f in report["findings"]] == list(_codes(report))
@@ -112,12 +113,14 @@ async def test_the_reported_mistakes_each_get_their_code_and_fix(mirror: Path) -
     typo = _finding(report, "io.github.github/github-mcp")["problems"][0]["fix"]
     assert typo.startswith("did you mean io.github.github/github-mcp-server")
     assert len(typo.split(",")) <= 3
+    same_host = _finding(report, "exa")["problems"][0]["fix"]  # served on that URL's host
+    assert same_host.startswith("did you mean ai.exa/exa")
 
     code, text, _ = await doctor(mirror, "--mcp-json", path)
     assert code == 1
     assert "  FAIL GitHub: blocked: name-mismatch" in text
     assert "fix: rename the key to io.github.github/github-mcp-server" in text
-    assert text.endswith("0/8 servers allowed\n")
+    assert text.endswith("0/9 servers allowed\n")
 
 
 async def test_a_deprecated_pin_is_blocked_and_a_template_filling_is_allowed(mirror: Path) -> None:

@@ -46,6 +46,10 @@ from sync.store import Reader
 __all__ = ["diagnose"]
 
 
+def _host(url: str) -> str:
+    return canonical(url).partition("://")[2].partition("/")[0]
+
+
 @dataclass
 class _Index:
     """Compact facts about every name of the view, gathered in one streamed pass: enough to
@@ -58,6 +62,7 @@ class _Index:
     packages: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     remotes: dict[str, set[str]] = field(default_factory=dict)  # canonical URL -> names
     templates: list[tuple[str, str]] = field(default_factory=list)
+    hosts: dict[str, set[str]] = field(default_factory=dict)  # URL host -> names
 
     def add(self, group: ServerGroup) -> None:
         self.names.add(group.name)
@@ -78,6 +83,7 @@ class _Index:
                         self.templates.append((r.url, group.name))
                 else:
                     self.remotes.setdefault(canonical(r.url), set()).add(group.name)
+                    self.hosts.setdefault(_host(r.url), set()).add(group.name)
 
     def recognise(self, server: ConfiguredServer, invocation: Invocation | None) -> list[str]:
         """The served names this server recognisably is, strongest evidence first: same
@@ -93,12 +99,17 @@ class _Index:
         found += sorted(self.folded.get(server.key.casefold(), ()))
         return list(dict.fromkeys(found))
 
-    def closest(self, key: str) -> list[str]:
+    def closest(self, server: ConfiguredServer) -> list[str]:
+        """Up to 3 served names the entry may have meant: names and titles close to its key,
+        and, for a remote, names served on the same host (same host, another path)."""
+        key = server.key
         pool = {n.casefold(): {n} for n in self.names}
         for title, names in self.titles.items():
             pool.setdefault(title, set()).update(names)
         near = difflib.get_close_matches(key.casefold(), list(pool), n=6, cutoff=0.5)
         out = [n for k in near for n in sorted(pool[k])]
+        if server.url:
+            out = sorted(self.hosts.get(_host(server.url), ()))[:2] + out
         return list(dict.fromkeys(out))[:3]
 
 
@@ -188,8 +199,7 @@ def _remote_problems(server: ConfiguredServer, target: ServedVersion) -> tuple[l
     for url in urls:
         if is_template(url) and matches(url, server.url):
             return [], url
-    host = canonical(server.url).split("/")[2:3]
-    same_host = [u for u in urls if canonical(u).split("/")[2:3] == host]
+    same_host = [u for u in urls if _host(u) == _host(server.url)]
     near = difflib.get_close_matches(server.url, same_host or urls, n=1, cutoff=0.0)
     best = near[0] if near else urls[0]
     return [
@@ -329,7 +339,7 @@ class _Doctor:
             return name, None
         known = index.recognise(server, invocation)
         if not known:
-            near = index.closest(server.key)
+            near = index.closest(server)
             return Problem(
                 "unknown-server",
                 f"view {view} serves no server named {server.key}, "
