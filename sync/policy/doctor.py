@@ -22,6 +22,7 @@ What is checked, and where each rule comes from:
 from __future__ import annotations
 
 import difflib
+import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,7 +141,8 @@ def _details(name: str | None, version: str | None, status: str | None) -> dict[
 
 
 def _shell(words: Iterable[str]) -> str:
-    return " ".join(words)
+    # Shown, never run: quoted so that an argument with a space reads as one argument.
+    return shlex.join(words)
 
 
 def _pinned(rows: list[ServedVersion], invocation: Invocation) -> ServedVersion | None:
