@@ -10,7 +10,7 @@ docker options), since the doctor must recognise a server however it was configu
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath, PureWindowsPath
 from typing import Any
@@ -53,18 +53,35 @@ def _program(command: str) -> str:
     return name
 
 
-def _first_operand(args: Sequence[str], valued: frozenset[str]) -> tuple[int, str] | None:
+def _operands(args: Sequence[str], valued: frozenset[str]) -> list[str]:
+    """The arguments that are not options nor an option's value, in order."""
+    found: list[str] = []
     skip = False
     for i, arg in enumerate(args):
         if skip:
             skip = False
         elif arg == "--":
-            return (i + 1, args[i + 1]) if i + 1 < len(args) else None
+            return found + list(args[i + 1 :])
         elif arg.startswith("-"):
             skip = arg in valued
         else:
-            return i, arg
-    return None
+            found.append(arg)
+    return found
+
+
+def _first_operand(args: Sequence[str], valued: frozenset[str]) -> tuple[int, str] | None:
+    found = _operands(args, valued)
+    return (0, found[0]) if found else None
+
+
+def _package_operand(
+    args: Sequence[str], valued: frozenset[str], pinned: Callable[[str], bool]
+) -> str | None:
+    """The operand naming the package: the first one pinned to a version, else the first.
+    Publishers put words such as `serve` in `runtimeArguments`, which launchers then place
+    before the package (`uvx serve pkg==1.2`); the pin tells the package apart."""
+    found = _operands(args, valued)
+    return next((a for a in found if pinned(a)), found[0] if found else None)
 
 
 def _moving(version: str) -> str:
@@ -72,11 +89,15 @@ def _moving(version: str) -> str:
     return "" if version in {"latest", "next", "stable"} else version
 
 
+def _npm_pinned(spec: str) -> bool:
+    at = spec.find("@", 1)
+    return at > 0 and _moving(spec[at + 1 :]) != ""
+
+
 def _npm(args: Sequence[str]) -> Invocation | None:
-    found = _first_operand(args, _NPX_VALUED)
-    if found is None:
+    spec = _package_operand(args, _NPX_VALUED, _npm_pinned)
+    if spec is None:
         return None
-    spec = found[1]
     at = spec.find("@", 1)  # a scope's leading `@` is part of the name
     if at < 0:
         return Invocation("npm", spec, "")
@@ -93,10 +114,12 @@ def _pypi(args: Sequence[str]) -> Invocation | None:
         elif arg.startswith("--from="):
             spec = arg.removeprefix("--from=")
     if not spec:
-        found = _first_operand(args, _UVX_VALUED | {"--from"})
-        if found is None:
+        operand = _package_operand(
+            args, _UVX_VALUED | {"--from"}, lambda a: bool(_PEP508_PIN.match(a))
+        )
+        if operand is None:
             return None
-        spec = found[1]
+        spec = operand
     pinned = _PEP508_PIN.match(spec)
     if pinned:
         return Invocation("pypi", pinned.group(1), pinned.group(2))
@@ -120,10 +143,10 @@ def image_repository(reference: str) -> tuple[str, str]:
 def _oci(args: Sequence[str]) -> Invocation | None:
     if not args or args[0] != "run":
         return None
-    found = _first_operand(args[1:], _DOCKER_VALUED)
-    if found is None:
+    image = _package_operand(args[1:], _DOCKER_VALUED, lambda a: bool(image_repository(a)[1]))
+    if image is None:
         return None
-    repository, tag = image_repository(found[1])
+    repository, tag = image_repository(image)
     return Invocation("oci", repository, _moving(tag))
 
 
@@ -168,7 +191,12 @@ def package_key(registry_type: str, identifier: str) -> tuple[str, str]:
     if kind == "pypi":  # PEP 503 names: case and runs of -_. do not matter
         ident = re.sub(r"[-_.]+", "-", ident)
     if kind == "oci":
-        ident = image_repository(ident)[0]
+        # Docker Hub is the default registry: `docker.io/x/y`, `index.docker.io/x/y` and
+        # `x/y` are one image, as `library/nginx` and `nginx` are.
+        ident = image_repository(ident)[0].lower()
+        for prefix in ("docker.io/", "index.docker.io/", "registry-1.docker.io/"):
+            ident = ident.removeprefix(prefix)
+        ident = ident.removeprefix("library/")
     return kind, ident.lower()
 
 
