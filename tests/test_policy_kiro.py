@@ -195,15 +195,15 @@ async def test_one_launch_is_chosen_deterministically_and_what_is_dropped_is_sai
     assert lossy["description"] == "x" * 99 + "…" and len(lossy["title"]) == 100
     assert result.warnings == [
         "'ns/both' '1.0.0': Kiro takes one remote or one package; kept the pypi package clean, "
-        "left out the npm package @a/named, a remote at a templated URL "
-        "(https://{tenant}.example.com/mcp).",
+        "left out the npm package @a/named, the remote https://{tenant}.example.com/mcp "
+        "(a templated URL).",
         "'ns/lossy' '1.0.0': its title is trimmed to Kiro's 100 characters.",
         "'ns/lossy' '1.0.0': its description is trimmed to Kiro's 100 characters.",
         "'ns/lossy' '1.0.0': Kiro takes positional arguments with a value only; dropped from "
         "the npm package @a/named: --port (named), path (positional).",
         "'ns/none' '1.0.0' is left out: Kiro runs one npm, PyPI or OCI package over stdio or "
-        "one streamable-http or sse remote at a fixed URL; it has a remote at a templated URL "
-        "(https://{tenant}.example.com/mcp), a mcpb package.",
+        "one streamable-http or sse remote at a fixed URL; it has the remote "
+        "https://{tenant}.example.com/mcp (a templated URL), the mcpb package https://x/a.mcpb.",
         "'ns/empty' '1.0.0' has no description, which Kiro requires: its name stands in.",
         "'ns/empty' '1.0.0' is left out: Kiro runs one npm, PyPI or OCI package over stdio or "
         "one streamable-http or sse remote at a fixed URL; it has no remote and no package.",

@@ -73,14 +73,16 @@ async def policy_export_command(
         raise CommandFailed(f"the {fmt} export refused the path {_clean(str(exc))!r}") from None
     finally:
         await reader.close()
-    for warning in result.warnings:
-        print(f"subregistry: warning: {_clean(warning)}", file=sys.stderr)
     if isinstance(sink, CheckSink):
+        # The verdict alone: the warnings were shown when the file was written, and a CI log
+        # should hold the one line that says what is out of date.
         sink.finish()
         if sink.stale:
             print(f"subregistry: {_clean(_stale(check, sink.stale, tree=tree))}", file=sys.stderr)
             return 1
         return 0
+    for warning in result.warnings:
+        print(f"subregistry: warning: {_clean(warning)}", file=sys.stderr)
     if isinstance(sink, TreeSink):
         try:
             sink.prune(static.OWNED)

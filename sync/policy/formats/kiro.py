@@ -85,9 +85,9 @@ def _remote(remote: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
     """(Kiro's remote, "") or (None, why not)."""
     kind, url = _text(remote.get("type")), _text(remote.get("url"))
     if kind not in _REMOTE_TYPES:
-        return None, f"a {kind or 'untyped'} remote"
+        return None, f"the remote {url or '(no URL)'} of type {kind or '(none)'}"
     if not url or is_template(url):
-        return None, f"a remote at a templated URL ({url})"
+        return None, f"the remote {url or '(no URL)'} (a templated URL)"
     out: dict[str, Any] = {"type": kind, "url": url}
     headers = _pairs(remote.get("headers"))
     if headers:
@@ -115,9 +115,9 @@ def _package(package: dict[str, Any]) -> tuple[dict[str, Any] | None, str, list[
     transport = package.get("transport")
     carried = _text(transport.get("type")) if isinstance(transport, dict) else ""
     if kind not in _PACKAGE_TYPES or not identifier:
-        return None, f"a {kind or 'untyped'} package", []
+        return None, f"the {kind or 'untyped'} package {identifier or '(no identifier)'}", []
     if carried != "stdio":
-        return None, f"a {kind} package over {carried or 'no transport'}", []
+        return None, f"the {kind} package {identifier} over {carried or 'no transport'}", []
     dropped: list[str] = []
     out: dict[str, Any] = {"registryType": kind}
     if _text(package.get("registryBaseUrl")):
