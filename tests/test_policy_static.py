@@ -235,6 +235,8 @@ async def test_hostile_names_and_versions_never_leave_the_tree_nor_share_a_file(
         ("ns/ok", ["../../../etc/passwd", "..", "latest", "LATEST", "index.html", "1/2",
                    "x" * 300, "1.0.0", "1.0.0-RC1", "1.0.0-rc1", "a\\b"]),
         ("NS/OK", ["1.0.0"]),  # the same files as ns/ok on a case-insensitive disk
+        ("ns/caf\u00e9", ["1"]),
+        ("ns/cafe\u0301", ["1"]),  # the same name as the one before, decomposed (macOS)
     ]  # fmt: skip
     stream = _stream(
         *(ServerGroup(name, tuple(_row(name, v) for v in versions)) for name, versions in hostile)
@@ -251,15 +253,19 @@ async def test_hostile_names_and_versions_never_leave_the_tree_nor_share_a_file(
         f"{folder}/1.0.0",
         f"{folder}/1.0.0-RC1",
         f"{folder}/latest",
+        "v0.1/servers/ns/caf\u00e9/versions/index.html",
+        "v0.1/servers/ns/caf\u00e9/versions/1",
+        "v0.1/servers/ns/caf\u00e9/versions/latest",
     }
     assert {p.name for p in tmp_path.iterdir()} == {"out"}  # nothing written beside it
-    assert result.servers == 1
-    assert len(result.warnings) == 16, result.warnings
+    assert result.servers == 2
+    assert len(result.warnings) == 17, result.warnings
     assert all("is left out" in w for w in result.warnings)
     listed = json.loads((out / "v0.1/servers/index.html").read_bytes())
     assert [(i["server"]["name"], i["server"]["version"]) for i in listed["servers"]] == [
         ("ns/ok", "1.0.0"),
         ("ns/ok", "1.0.0-RC1"),
+        ("ns/caf\u00e9", "1"),
     ]
 
 

@@ -29,6 +29,7 @@ Memory holds one server's versions; the list file is streamed.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import AsyncIterator
 from typing import IO
 
@@ -55,9 +56,15 @@ def _refusal(segment: str, reserved: tuple[str, ...]) -> str | None:
         return "it holds a control character"
     if len(segment.encode("utf-8", "surrogatepass")) > _MAX_SEGMENT_BYTES:
         return f"it is over {_MAX_SEGMENT_BYTES} bytes long"
-    if segment.casefold() in reserved:
+    if _fold(segment) in reserved:
         return f"{segment!r} is a name the tree itself uses"
     return None
+
+
+def _fold(text: str) -> str:
+    """What a case-insensitive, normalisation-insensitive file system (macOS, Windows) takes
+    for the same file name."""
+    return unicodedata.normalize("NFC", text).casefold()
 
 
 def _item(version: ServedVersion) -> bytes:
@@ -74,7 +81,7 @@ class _Tree:
         self.options, self.sink, self.out = options, sink, out
         self.result = ExportResult()
         self.listed = 0
-        self.folders: set[str] = set()  # exported names, case-folded
+        self.folders: set[str] = set()  # exported names, folded
 
     def warn(self, message: str) -> None:
         self.result.warnings.append(message)
@@ -88,13 +95,13 @@ class _Tree:
         if why:
             self.warn(f"{name!r} is left out: its name cannot be a path ({why}).")
             return None
-        if name.casefold() in self.folders:
+        if _fold(name) in self.folders:
             self.warn(
-                f"{name!r} is left out: another server's name differs from it only in case, "
-                "and they would share files on a case-insensitive file system."
+                f"{name!r} is left out: another server's name differs from it only in case or "
+                "Unicode form, and they would share files on a case-insensitive file system."
             )
             return None
-        self.folders.add(name.casefold())
+        self.folders.add(_fold(name))
         return f"v0.1/servers/{namespace}/{server}/versions"
 
     def kept(self, group: ServerGroup) -> list[ServedVersion]:
@@ -102,12 +109,12 @@ class _Tree:
         seen: set[str] = set()
         for v in group.allowed(include_deprecated=self.options.include_deprecated):
             why = _refusal(v.version, (_INDEX, _LATEST))
-            if why is None and v.version.casefold() in seen:
-                why = "another version differs from it only in case"
+            if why is None and _fold(v.version) in seen:
+                why = "another version differs from it only in case or Unicode form"
             if why:
                 self.warn(f"{group.name!r} version {v.version!r} is left out: {why}.")
                 continue
-            seen.add(v.version.casefold())
+            seen.add(_fold(v.version))
             kept.append(v)
         return kept
 
