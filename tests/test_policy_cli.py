@@ -100,6 +100,9 @@ async def test_check_is_silent_while_current_and_names_what_a_sync_changed(
     code, _, err = await run(*_export(synced, "kiro", "--check", tmp_path / "absent.json"))
     assert code == 1
     assert _one_line(err).endswith("absent.json is out of date: it does not exist\n")
+    code, _, err = await run(*_export(synced, "kiro", "--check", tmp_path))
+    assert code == 1
+    assert _one_line(err) == f"subregistry: {tmp_path} is out of date: it is a folder, not a file\n"
 
 
 async def test_misuse_and_unwritable_outputs_are_one_line(tmp_path: Path, synced: Path) -> None:

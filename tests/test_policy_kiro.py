@@ -181,10 +181,12 @@ async def test_one_launch_is_chosen_deterministically_and_what_is_dropped_is_sai
                                          "transport": {"type": "stdio"}}],
                    remotes=[templated]),
             _group("ns/empty", description=""),
+            _group("ns/bare", description="", remotes=[{"type": "sse", "url": "https://b/"}]),
         )
     )  # fmt: skip
     _check_file(document)
-    both, lossy = (e["server"] for e in document["servers"])
+    both, lossy, bare = (e["server"] for e in document["servers"])
+    assert bare["description"] == "ns/bare"
     assert both["packages"] == [
         {"registryType": "pypi", "identifier": "clean", "transport": {"type": "stdio"}}
     ]  # the one that loses nothing, over the first one
@@ -197,16 +199,16 @@ async def test_one_launch_is_chosen_deterministically_and_what_is_dropped_is_sai
         "'ns/both' '1.0.0': Kiro takes one remote or one package; kept the pypi package clean, "
         "left out the npm package @a/named, the remote https://{tenant}.example.com/mcp "
         "(a templated URL).",
-        "'ns/lossy' '1.0.0': its title is trimmed to Kiro's 100 characters.",
-        "'ns/lossy' '1.0.0': its description is trimmed to Kiro's 100 characters.",
         "'ns/lossy' '1.0.0': Kiro takes positional arguments with a value only; dropped from "
         "the npm package @a/named: --port (named), path (positional).",
+        "'ns/lossy' '1.0.0': its title is trimmed to Kiro's 100 characters.",
+        "'ns/lossy' '1.0.0': its description is trimmed to Kiro's 100 characters.",
         "'ns/none' '1.0.0' is left out: Kiro runs one npm, PyPI or OCI package over stdio or "
         "one streamable-http or sse remote at a fixed URL; it has the remote "
         "https://{tenant}.example.com/mcp (a templated URL), the mcpb package https://x/a.mcpb.",
-        "'ns/empty' '1.0.0' has no description, which Kiro requires: its name stands in.",
         "'ns/empty' '1.0.0' is left out: Kiro runs one npm, PyPI or OCI package over stdio or "
         "one streamable-http or sse remote at a fixed URL; it has no remote and no package.",
+        "'ns/bare' '1.0.0' has no description, which Kiro requires: its name stands in.",
     ]
 
 

@@ -99,10 +99,12 @@ async def policy_export_command(
 
 def _stale(path: Path | None, stale: list[str], *, tree: bool) -> str:
     if not tree:
-        missing = stale[0].endswith("(missing)")
-        return f"{path} is out of date: " + (
-            "it does not exist" if missing else "its content differs from the export"
-        )
+        why = "its content differs from the export"
+        if stale[0].endswith("(missing)"):
+            why = "it does not exist"
+        elif stale[0].endswith("(a folder, not a file)"):
+            why = "it is a folder, not a file"
+        return f"{path} is out of date: {why}"
     shown = ", ".join(stale[:_SHOWN]) + (
         f", and {len(stale) - _SHOWN} more" if len(stale) > _SHOWN else ""
     )

@@ -188,8 +188,10 @@ class CheckSink:
                         return
                     if not want:
                         return
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        except (FileNotFoundError, NotADirectoryError):
             self.stale.append(f"{name} (missing)")
+        except IsADirectoryError:
+            self.stale.append(f"{name} (a folder, not a file)")
 
     def finish(self) -> None:
         if not self.tree or not self.target.is_dir():

@@ -185,6 +185,9 @@ class _Catalogue:
         self.entries.append(entry)
 
     def server(self, v: ServedVersion, what: str) -> dict[str, Any] | None:
+        chosen = self.launch(v, what)
+        if chosen is None:
+            return None
         out: dict[str, Any] = {}
         if v.title:
             out["title"] = _trimmed(v.title)
@@ -197,9 +200,6 @@ class _Catalogue:
             self.warn(f"{what}: its description is trimmed to Kiro's {_TEXT_MAX} characters.")
         out["description"] = _trimmed(description)
         out["version"] = v.version
-        chosen = self.launch(v, what)
-        if chosen is None:
-            return None
         key, entry = chosen
         out[key] = [entry]
         return out
