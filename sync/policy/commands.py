@@ -5,18 +5,26 @@ from __future__ import annotations
 
 import json
 import sys
+from importlib import import_module
 from pathlib import Path
 
 from sync.config import Config
+from sync.errors import CommandFailed
+from sync.policy.catalogue import groups
 from sync.policy.doctor import diagnose
+from sync.policy.export import ExportOptions, ExportResult
+from sync.policy.formats import static
 from sync.policy.probe import probe
-from sync.policy.report import Report, render, to_json
+from sync.policy.report import Report, _clean, render, to_json
+from sync.policy.sinks import CheckSink, FileSink, TreeSink, UnsafePath
 from sync.store import open_reader
 
 __all__ = ["CLIENTS", "FORMATS", "doctor_command", "policy_export_command"]
 
 FORMATS = ("github", "vscode", "claude-code", "cline", "kiro", "static")
 CLIENTS = ("vscode", "claude-code")
+TREE_FORMATS = ("static",)  # formats that write a directory, not one file
+_SHOWN = 5  # paths a stale tree's line names
 
 
 async def policy_export_command(
@@ -30,7 +38,78 @@ async def policy_export_command(
     registry_url: str | None,
     registry_only: bool,
 ) -> int:
-    raise NotImplementedError
+    """Write (or `--check`) one client's file from a served view. Exit 0 when written or
+    current, 1 when `--check` finds the file out of date; every failure is one line."""
+    named = config.view(view)  # an unknown view fails before the store is opened
+    module = import_module(f"sync.policy.formats.{fmt.replace('-', '_')}")
+    tree = fmt in TREE_FORMATS
+    if tree and output is None and check is None:
+        raise CommandFailed(f"--format {fmt} writes a directory: give it with --output DIR")
+    if registry_url is None and config.api.public_url is not None:
+        base = config.api.base_path if named is None else named.base_path
+        registry_url = config.api.public_url + base
+    options = ExportOptions(
+        view=view,
+        include_deprecated=include_deprecated,
+        registry_url=registry_url,
+        registry_only=registry_only,
+    )
+    sink: FileSink | TreeSink | CheckSink
+    if check is not None:
+        sink = CheckSink(check, tree=tree, owned=static.OWNED if tree else None)
+    elif tree:
+        assert output is not None
+        sink = TreeSink(output)
+    else:
+        sink = FileSink(output)
+    where = check or output
+    reader = await open_reader(config.storage, connections=1)
+    try:
+        result: ExportResult = await module.export(groups(reader, view), options, sink)
+    except OSError as exc:
+        # The folder or file asked for, not the temporary file beside it that failed.
+        raise CommandFailed(f"cannot write {where}: {exc.strerror or exc}") from None
+    except UnsafePath as exc:
+        raise CommandFailed(f"the {fmt} export refused the path {_clean(str(exc))!r}") from None
+    finally:
+        await reader.close()
+    if isinstance(sink, CheckSink):
+        # The verdict alone: the warnings were shown when the file was written, and a CI log
+        # should hold the one line that says what is out of date.
+        sink.finish()
+        if sink.stale:
+            print(f"subregistry: {_clean(_stale(check, sink.stale, tree=tree))}", file=sys.stderr)
+            return 1
+        return 0
+    for warning in result.warnings:
+        print(f"subregistry: warning: {_clean(warning)}", file=sys.stderr)
+    if isinstance(sink, TreeSink):
+        try:
+            sink.prune(static.OWNED)
+        except OSError as exc:
+            raise CommandFailed(f"cannot prune {where}: {exc.strerror or exc}") from None
+    if output is None:
+        assert isinstance(sink, FileSink)
+        assert sink.data is not None
+        sys.stdout.buffer.write(sink.data)
+    else:
+        print(f"wrote {result.servers} servers ({result.entries} entries) to {_clean(str(output))}")
+    return 0
+
+
+def _stale(path: Path | None, stale: list[str], *, tree: bool) -> str:
+    if not tree:
+        why = "its content differs from the export"
+        if stale[0].endswith("(missing)"):
+            why = "it does not exist"
+        elif stale[0].endswith("(a folder, not a file)"):
+            why = "it is a folder, not a file"
+        return f"{path} is out of date: {why}"
+    shown = ", ".join(stale[:_SHOWN]) + (
+        f", and {len(stale) - _SHOWN} more" if len(stale) > _SHOWN else ""
+    )
+    count = "1 file differs" if len(stale) == 1 else f"{len(stale)} files differ"
+    return f"{path} is out of date: {count}: {shown}"
 
 
 async def doctor_command(

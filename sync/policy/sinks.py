@@ -2,19 +2,25 @@
 (`--check`), through one interface, so every format is written and checked the same way.
 
 A format writes each file whole, once, by a relative path; a single-file format writes the
-path "". Paths come from served names and versions, which are upstream text: a path with an
-empty, `.` or `..` segment, a backslash or a NUL is refused, so no entry can write outside the
-output.
+path "". A file too large to hold (the `static` list of every version) is streamed instead
+(`Sink.stream`). Paths come from served names and versions, which are upstream text: a path
+with an empty, `.` or `..` segment, a backslash or a NUL is refused, so no entry can write
+outside the output.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import IO, Protocol
 
 __all__ = ["CheckSink", "FileSink", "Sink", "TreeSink", "UnsafePath", "safe_parts"]
+
+_CHUNK = 1 << 16
 
 
 class UnsafePath(ValueError):
@@ -35,18 +41,39 @@ class Sink(Protocol):
     def write(self, path: str, data: bytes) -> None:
         """Write the file `path` ("" for a single-file export) whole."""
 
+    def stream(self, path: str) -> AbstractContextManager[IO[bytes]]:
+        """The file `path`, written through the stream the block is given and committed whole
+        when the block ends without error."""
 
-def _atomic_write(target: Path, data: bytes) -> None:
-    # A reader (a web server, a client loading its policy) never sees half a file.
+
+@contextmanager
+def _atomic(target: Path) -> Iterator[IO[bytes]]:
+    # A reader (a web server, a client loading its policy) never sees half a file: the bytes
+    # go to a temporary file beside the target, renamed over it once complete.
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as out:
-            out.write(data)
+            yield out
+        # mkstemp makes the file private (0600); a web server or a client running as another
+        # user must read it, as it would any file this user creates.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    # Reading the umask means setting it: put it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _atomic_write(target: Path, data: bytes) -> None:
+    with _atomic(target) as out:
+        out.write(data)
 
 
 class FileSink:
@@ -63,9 +90,29 @@ class FileSink:
         if self.target is not None:
             _atomic_write(self.target, data)
 
+    @contextmanager
+    def stream(self, path: str) -> Iterator[IO[bytes]]:
+        buffer = io.BytesIO()
+        yield buffer
+        self.write(path, buffer.getvalue())
+
+
+def _owned_files(root: Path, owned: str | None) -> Iterator[tuple[tuple[str, ...], Path]]:
+    """Every file under `root/owned` (all of `root` for None) with its path relative to
+    `root`; symbolic links to directories are not followed (a link is a file here: removing it
+    removes the link, never what it points to)."""
+    base = root.joinpath(*safe_parts(owned)) if owned else root
+    for folder, dirs, files in os.walk(base):
+        here = Path(folder)
+        links = [d for d in dirs if (here / d).is_symlink()]
+        for name in sorted(files + links):
+            file = here / name
+            yield PurePosixPath(file.relative_to(root).as_posix()).parts, file
+
 
 class TreeSink:
-    """A directory of files: the `static` format's tree."""
+    """A directory of files: the `static` format's tree. `prune` then removes what an earlier
+    export left under the format's own folder and this one did not write."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -73,42 +120,82 @@ class TreeSink:
 
     def write(self, path: str, data: bytes) -> None:
         parts = safe_parts(path)
-        self.written.add(parts)
         _atomic_write(self.root.joinpath(*parts), data)
+        self.written.add(parts)
+
+    @contextmanager
+    def stream(self, path: str) -> Iterator[IO[bytes]]:
+        parts = safe_parts(path)
+        with _atomic(self.root.joinpath(*parts)) as out:
+            yield out
+        self.written.add(parts)
+
+    def prune(self, owned: str) -> int:
+        """Remove every file under `owned` (a relative folder) that this export did not write,
+        then the folders left empty; the rest of the directory (a site's own pages) is never
+        touched. Returns the number of files removed."""
+        removed = 0
+        for parts, file in list(_owned_files(self.root, owned)):
+            if parts not in self.written:
+                file.unlink()
+                removed += 1
+        base = self.root.joinpath(*safe_parts(owned))
+        for folder, _, _ in sorted(os.walk(base), key=lambda w: len(w[0]), reverse=True):
+            if not os.listdir(folder) and Path(folder) != base:
+                os.rmdir(folder)
+        return removed
 
 
 class CheckSink:
     """Compares what an export would write with what is on disk, writing nothing: `stale`
-    lists the paths that differ, are missing, or (after `finish`) are on disk but would not be
-    written."""
+    lists the paths that differ ("changed"), are missing, or (after `finish`) are on disk under
+    the format's own folder but would not be written ("not in the export")."""
 
-    def __init__(self, target: Path, *, tree: bool) -> None:
+    def __init__(self, target: Path, *, tree: bool, owned: str | None = None) -> None:
         self.target = target
         self.tree = tree
+        self.owned = owned
         self.seen: set[tuple[str, ...]] = set()
         self.stale: list[str] = []
 
-    def _read(self, file: Path) -> bytes | None:
-        try:
-            return file.read_bytes()
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            return None
-
-    def write(self, path: str, data: bytes) -> None:
+    def _file(self, path: str) -> tuple[str, Path]:
         if not self.tree:
-            if self._read(self.target) != data:
-                self.stale.append(str(self.target))
-            return
+            if path != "":
+                raise UnsafePath(f"a single-file format wrote {path!r}")
+            return str(self.target), self.target
         parts = safe_parts(path)
         self.seen.add(parts)
-        if self._read(self.target.joinpath(*parts)) != data:
-            self.stale.append(path)
+        return path, self.target.joinpath(*parts)
+
+    def write(self, path: str, data: bytes) -> None:
+        self.compare(path, io.BytesIO(data))
+
+    @contextmanager
+    def stream(self, path: str) -> Iterator[IO[bytes]]:
+        with tempfile.TemporaryFile() as spool:
+            yield spool
+            spool.seek(0)
+            self.compare(path, spool)
+
+    def compare(self, path: str, source: IO[bytes]) -> None:
+        name, file = self._file(path)
+        try:
+            with file.open("rb") as disk:
+                while True:
+                    want, have = source.read(_CHUNK), disk.read(_CHUNK)
+                    if want != have:
+                        self.stale.append(f"{name} (changed)")
+                        return
+                    if not want:
+                        return
+        except (FileNotFoundError, NotADirectoryError):
+            self.stale.append(f"{name} (missing)")
+        except IsADirectoryError:
+            self.stale.append(f"{name} (a folder, not a file)")
 
     def finish(self) -> None:
         if not self.tree or not self.target.is_dir():
             return
-        for file in sorted(self.target.rglob("*")):
-            if file.is_file():
-                rel = PurePosixPath(file.relative_to(self.target).as_posix())
-                if rel.parts not in self.seen and not rel.name.startswith("."):
-                    self.stale.append(f"{rel} (not in the export)")
+        for parts, _ in _owned_files(self.target, self.owned):
+            if parts not in self.seen and not parts[-1].startswith("."):
+                self.stale.append(f"{'/'.join(parts)} (not in the export)")
