@@ -101,7 +101,7 @@ class TestSafePaths:
         assert same.stale == []
         other = CheckSink(target, tree=False)
         other.write("", b"[]\n")
-        assert other.stale == [str(target)]
+        assert other.stale == [f"{target} (changed)"]
 
     def test_check_sink_of_a_tree_lists_missing_changed_and_extra_files(
         self, tmp_path: Path
@@ -114,7 +114,7 @@ class TestSafePaths:
         check.write("v0.1/a", b"1")  # current
         check.write("v0.1/c", b"3")  # missing on disk
         check.finish()  # v0.1/b is on disk but no longer exported
-        assert check.stale == ["v0.1/c", "v0.1/b (not in the export)"]
+        assert check.stale == ["v0.1/c (missing)", "v0.1/b (not in the export)"]
 
 
 def _version(
