@@ -4,6 +4,7 @@ upstream and synced; every misuse or failure is one `subregistry:` line, never a
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -128,3 +129,18 @@ async def test_misuse_and_unwritable_outputs_are_one_line(tmp_path: Path, synced
         assert (code, out) == (1, ""), target
         assert _one_line(err).startswith(f"subregistry: cannot write {target}: "), err
     assert _tree(tmp_path) == before  # nothing half-written, no temporary file left behind
+
+
+@pytest.mark.parametrize("fmt", ["github", "vscode", "claude-code", "cline", "kiro"])
+async def test_every_file_format_runs_through_the_command(
+    tmp_path: Path, synced: Path, fmt: str
+) -> None:
+    """Each `--format` the CLI offers reaches its exporter and writes JSON, then checks as
+    current (a name the CLI accepts but no module answers would be a traceback here)."""
+    target = tmp_path / f"{fmt}.json"
+    code, out, err = await run(*_export(synced, fmt, "--output", target))
+    assert code == 0, err
+    assert "Traceback" not in err and out.startswith("wrote ")
+    assert isinstance(json.loads(target.read_text(encoding="utf-8")), dict)
+    code, out, err = await run(*_export(synced, fmt, "--check", target))
+    assert (code, out, err) == (0, "", "")

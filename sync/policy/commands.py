@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import sys
-from importlib import import_module
 from pathlib import Path
 
 from sync.config import Config
 from sync.errors import CommandFailed
 from sync.policy.catalogue import groups
 from sync.policy.doctor import diagnose
-from sync.policy.export import ExportOptions, ExportResult
-from sync.policy.formats import static
+from sync.policy.export import Exporter, ExportOptions, ExportResult
+from sync.policy.formats import claude, cline, github, kiro, static, vscode
 from sync.policy.probe import probe
 from sync.policy.report import Report, _clean, render, to_json
 from sync.policy.sinks import CheckSink, FileSink, TreeSink, UnsafePath
@@ -21,7 +20,16 @@ from sync.store import open_reader
 
 __all__ = ["CLIENTS", "FORMATS", "doctor_command", "policy_export_command"]
 
-FORMATS = ("github", "vscode", "claude-code", "cline", "kiro", "static")
+# Each format's module, by its --format name.
+EXPORTERS: dict[str, Exporter] = {
+    "github": github.export,
+    "vscode": vscode.export,
+    "claude-code": claude.export,
+    "cline": cline.export,
+    "kiro": kiro.export,
+    "static": static.export,
+}
+FORMATS = tuple(EXPORTERS)
 CLIENTS = ("vscode", "claude-code")
 TREE_FORMATS = ("static",)  # formats that write a directory, not one file
 _SHOWN = 5  # paths a stale tree's line names
@@ -41,7 +49,7 @@ async def policy_export_command(
     """Write (or `--check`) one client's file from a served view. Exit 0 when written or
     current, 1 when `--check` finds the file out of date; every failure is one line."""
     named = config.view(view)  # an unknown view fails before the store is opened
-    module = import_module(f"sync.policy.formats.{fmt.replace('-', '_')}")
+    exporter = EXPORTERS[fmt]
     tree = fmt in TREE_FORMATS
     if tree and output is None and check is None:
         raise CommandFailed(f"--format {fmt} writes a directory: give it with --output DIR")
@@ -65,7 +73,7 @@ async def policy_export_command(
     where = check or output
     reader = await open_reader(config.storage, connections=1)
     try:
-        result: ExportResult = await module.export(groups(reader, view), options, sink)
+        result: ExportResult = await exporter(groups(reader, view), options, sink)
     except OSError as exc:
         # The folder or file asked for, not the temporary file beside it that failed.
         raise CommandFailed(f"cannot write {where}: {exc.strerror or exc}") from None
