@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from sync.config import Config
 from sync.errors import CommandFailed
@@ -35,6 +36,37 @@ TREE_FORMATS = ("static",)  # formats that write a directory, not one file
 _SHOWN = 5  # paths a stale tree's line names
 
 
+# The one format that points a client at a registry (VS Code's gallery service URL).
+_REGISTRY_FORMATS = ("vscode",)
+
+
+def _check_registry_options(fmt: str, url: str | None, *, registry_only: bool) -> None:
+    """`--registry-url` and `--registry-only` mean something to VS Code's policy only; given
+    to another format, or a URL a client cannot use, they are a mistake worth one line."""
+    if (url is not None or registry_only) and fmt not in _REGISTRY_FORMATS:
+        flag = "--registry-url" if url is not None else "--registry-only"
+        raise CommandFailed(f"{flag} applies to --format vscode only, not {fmt}")
+    if url is None:
+        return
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - a bad port raises here
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.query
+        or parts.fragment
+        or any(c.isspace() for c in url)
+    ):
+        raise CommandFailed(
+            f"--registry-url {url!r} is not a registry base URL such as "
+            "https://registry.example.com or https://registry.example.com/teams/payments"
+        )
+
+
 async def policy_export_command(
     config: Config,
     fmt: str,
@@ -50,6 +82,7 @@ async def policy_export_command(
     current, 1 when `--check` finds the file out of date; every failure is one line."""
     named = config.view(view)  # an unknown view fails before the store is opened
     exporter = EXPORTERS[fmt]
+    _check_registry_options(fmt, registry_url, registry_only=registry_only)
     tree = fmt in TREE_FORMATS
     if tree and output is None and check is None:
         raise CommandFailed(f"--format {fmt} writes a directory: give it with --output DIR")
