@@ -113,12 +113,14 @@ def _open_child(folder: int, name: str, shown: str, *, create: bool) -> int:
 
 
 @contextmanager
-def _atomic(folder: int, name: str, shown: str) -> Iterator[IO[bytes]]:
+def _atomic(folder: int, name: str, shown: str, *, look: bool = True) -> Iterator[IO[bytes]]:
     # A reader (a web server, a client loading its policy) never sees half a file: the bytes
     # go to a temporary file beside the target, renamed over it once complete. Created with
     # 0666 less the umask, as any file this user writes, so a web server running as another
     # user reads it.
-    if _is_link(folder, name):
+    # The rename would replace a link, never write through it; looking first (skipped in a
+    # folder this export made) is what lets the export name it instead.
+    if look and _is_link(folder, name):
         raise LinkedPath(shown)
     tmp = f".subregistry-{secrets.token_hex(8)}.tmp"
     fd = os.open(tmp, _NEW, 0o666, dir_fd=folder)
@@ -168,36 +170,60 @@ class FileSink:
 
 
 class _Folders:
-    """Descriptors of folders under a root, each opened from the root down without following
-    a link; the last one is kept open, as a format writes one folder's files together."""
+    """Descriptors of folders under a root, each opened from its parent without following a
+    link. The chain to the last folder is kept open: a format writes one folder's files
+    together, then a sibling's, so only the segments that differ are opened again."""
 
     def __init__(self, root: Path, *, create: bool) -> None:
         self.root, self.create = root, create
-        self.parts: tuple[str, ...] | None = None
-        self.fd = -1
+        self.parts: tuple[str, ...] = ()
+        self.fds: list[int] = []  # fds[i]: the folder `parts[:i]`, fds[0] the root
+        self.made: list[bool] = []  # made[i]: fds[i] was created by this sink, so holds no link
+
+    @property
+    def fresh(self) -> bool:
+        """Whether the last folder opened was made by this sink (nothing else is in it)."""
+        return bool(self.made) and self.made[-1]
 
     def open(self, parts: tuple[str, ...]) -> int:
-        if parts == self.parts:
-            return self.fd
-        self.close()
-        if self.create:
-            self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            for i, name in enumerate(parts):
-                child = _open_child(fd, name, "/".join(parts[: i + 1]), create=self.create)
-                os.close(fd)
-                fd = child
-        except BaseException:
-            os.close(fd)
-            raise
-        self.parts, self.fd = parts, fd
-        return fd
+        if self.fds and parts == self.parts:
+            return self.fds[-1]
+        if not self.fds:
+            if self.create:
+                self.root.mkdir(parents=True, exist_ok=True)
+            self.fds.append(os.open(self.root, os.O_RDONLY | os.O_DIRECTORY))
+            self.made.append(False)
+        common = 0
+        while common < min(len(parts), len(self.parts)) and parts[common] == self.parts[common]:
+            common += 1
+        while len(self.fds) > common + 1:
+            os.close(self.fds.pop())
+            self.made.pop()
+        self.parts = parts[:common]
+        for i in range(common, len(parts)):
+            at = parts[: i + 1]
+            # A child of a folder this sink made is new: no need to look before making it.
+            made = self.create and (self.made[-1] or not _exists(self.fds[-1], parts[i]))
+            if made:
+                os.mkdir(parts[i], 0o777, dir_fd=self.fds[-1])
+            self.fds.append(_open_child(self.fds[-1], parts[i], "/".join(at), create=False))
+            self.made.append(made)
+            self.parts = at
+        return self.fds[-1]
 
     def close(self) -> None:
-        if self.parts is not None:
-            os.close(self.fd)
-            self.parts, self.fd = None, -1
+        while self.fds:
+            os.close(self.fds.pop())
+        self.made.clear()
+        self.parts = ()
+
+
+def _exists(folder: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _walk(folder: int, at: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
@@ -227,7 +253,8 @@ class TreeSink:
 
     def write(self, path: str, data: bytes) -> None:
         parts = safe_parts(path)
-        with _atomic(self.folders.open(parts[:-1]), parts[-1], path) as out:
+        folder = self.folders.open(parts[:-1])
+        with _atomic(folder, parts[-1], path, look=not self.folders.fresh) as out:
             out.write(data)
         self.written.add(parts)
 
