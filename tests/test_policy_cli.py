@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
 from tests.cli_helpers import run, write_config
 from tests.fake_upstream import FakeRegistry
+from tests.helpers import MULTI
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -144,3 +146,78 @@ async def test_every_file_format_runs_through_the_command(
     assert isinstance(json.loads(target.read_text(encoding="utf-8")), dict)
     code, out, err = await run(*_export(synced, fmt, "--check", target))
     assert (code, out, err) == (0, "", "")
+
+
+async def test_static_never_writes_walks_or_prunes_through_a_symbolic_link(
+    tmp_path: Path, synced: Path
+) -> None:
+    """A link planted in the output (a namespace folder, or `v0.1` itself) is refused with one
+    line naming it; nothing is written into, or removed from, what it points to."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    ns = MULTI.split("/")[0]
+    linked_namespace, linked_base = tmp_path / "site1", tmp_path / "site2"
+    (linked_namespace / "v0.1/servers").mkdir(parents=True)
+    (linked_namespace / f"v0.1/servers/{ns}").symlink_to(victim)
+    (linked_base / "v0.1/servers/gone.example").mkdir(parents=True)
+    (linked_base / "v0.1/servers/gone.example/old").write_text("{}")
+    shutil.move(linked_base / "v0.1", victim / "v0.1")
+    (linked_base / "v0.1").symlink_to(victim / "v0.1")
+    before = _tree(victim)
+    for site, link in ((linked_namespace, f"v0.1/servers/{ns}"), (linked_base, "v0.1")):
+        code, out, err = await run(*_export(synced, "static", "--output", site))
+        assert (code, out) == (1, ""), err
+        assert _one_line(err) == (
+            f"subregistry: cannot write {site}: {link} is a symbolic link, which the export "
+            "never writes through\n"
+        )
+        assert (site / link).is_symlink()
+        code, out, err = await run(*_export(synced, "static", "--check", site))
+        assert (code, out) == (1, "")
+        assert f"{link} (a symbolic link)" in _one_line(err)
+    assert _tree(victim) == before  # nothing written, nothing pruned
+
+    # A link the export does not write through is pruned as a file: the link goes, not its target.
+    site = tmp_path / "site3"
+    code, _, err = await run(*_export(synced, "static", "--output", site))
+    assert code == 0, err
+    (site / "v0.1/servers/extra").symlink_to(victim)
+    code, _, err = await run(*_export(synced, "static", "--output", site))
+    assert code == 0, err
+    assert not (site / "v0.1/servers/extra").is_symlink()
+    assert _tree(victim) == before
+
+
+async def test_check_and_prune_agree_on_hidden_files_and_a_file_is_not_a_folder(
+    tmp_path: Path, synced: Path
+) -> None:
+    """A file an earlier export left is stale for `--check` exactly when a re-export prunes
+    it, whatever its name (`.1` is a version); only a sink's own file in progress is skipped."""
+    site = tmp_path / "site"
+    code, _, err = await run(*_export(synced, "static", "--output", site))
+    assert code == 0, err
+    ns, server = MULTI.split("/")
+    folder = site / f"v0.1/servers/{ns}/{server}/versions"
+    (folder / ".1").write_text("{}")  # a removed version named `.1`
+    in_progress = folder / ".subregistry-0123456789abcdef.tmp"
+    in_progress.write_text("{}")
+    code, out, err = await run(*_export(synced, "static", "--check", site))
+    assert (code, out) == (1, "")
+    assert _one_line(err) == (
+        f"subregistry: {site} is out of date: 1 file differs: "
+        f"v0.1/servers/{ns}/{server}/versions/.1 (not in the export)\n"
+    )
+    code, _, err = await run(*_export(synced, "static", "--output", site))
+    assert code == 0, err
+    assert not (folder / ".1").exists() and in_progress.exists()
+    code, _, err = await run(*_export(synced, "static", "--check", site))
+    assert (code, err) == (0, "")
+
+    not_a_folder = tmp_path / "site.txt"
+    not_a_folder.write_text("a file")
+    code, out, err = await run(*_export(synced, "static", "--check", not_a_folder))
+    assert (code, out) == (1, "")
+    assert _one_line(err) == (
+        f"subregistry: {not_a_folder} is out of date: it is a file, not a folder\n"
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -258,3 +259,33 @@ async def test_deleted_versions_never_deprecated_ones_with_the_flag() -> None:
     gone = ServerGroup("ns/s", (row("2", "deleted", True, "2025-02-01"),))
     empty, result, _ = await _export(_stream(gone), deprecated=True)
     assert empty["servers"] == [] and result.warnings == []
+
+
+async def test_memory_holds_one_server_and_the_alias_table_not_the_file(
+    tmp_path: Path, mirror_db: Path
+) -> None:
+    """The file is streamed entry by entry: exporting the real catalogue costs the catalogue
+    stream plus one server and the alias table, far below the file's own size (tracemalloc)."""
+    config = config_from_mapping({"storage": {"path": str(mirror_db)}})
+    reader = await open_reader(config.storage, connections=1)
+    target = tmp_path / "kiro.json"
+    try:
+        tracemalloc.start()
+        async for _ in groups(reader, "default"):
+            pass
+        _, streaming = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        result = await kiro.export(
+            groups(reader, "default"), ExportOptions("default"), FileSink(target)
+        )
+        _, exporting = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        await reader.close()
+    document = json.loads(target.read_bytes())
+    aliases = document["_meta"][kiro.META]["aliases"]
+    assert len(document["servers"]) == result.entries > 500 and aliases
+    table = len(json.dumps(aliases))
+    size = target.stat().st_size
+    print(f"kiro export peak {exporting} B, stream alone {streaming} B, file {size} B")
+    assert exporting - streaming < table + size // 4

@@ -146,6 +146,8 @@ def _stale(path: Path | None, stale: list[str], *, tree: bool) -> str:
         elif stale[0].endswith("(a folder, not a file)"):
             why = "it is a folder, not a file"
         return f"{path} is out of date: {why}"
+    if stale[0].endswith("(a file, not a folder)"):
+        return f"{path} is out of date: it is a file, not a folder"
     shown = ", ".join(stale[:_SHOWN]) + (
         f", and {len(stale) - _SHOWN} more" if len(stale) > _SHOWN else ""
     )

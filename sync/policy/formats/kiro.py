@@ -150,39 +150,39 @@ class _Catalogue:
     def __init__(self, options: ExportOptions) -> None:
         self.options = options
         self.result = ExportResult()
-        self.entries: list[dict[str, Any]] = []
         self.aliases: dict[str, str] = {}
         self.taken: dict[str, str] = {}  # Kiro name -> registry name
 
     def warn(self, message: str) -> None:
         self.result.warnings.append(message)
 
-    def add(self, group: ServerGroup) -> None:
+    def add(self, group: ServerGroup) -> dict[str, Any] | None:
+        """The server's entry, or None (left out, with a warning when it is admitted)."""
         v = group.current(include_deprecated=self.options.include_deprecated)
         if v is None:
-            return  # nothing admitted: the server is simply not in the file
+            return None  # nothing admitted: the server is simply not in the file
         what = f"{v.name!r} {v.version!r}"
         name = alias(v.name)
         if name is None:
             self.warn(f"{what} is left out: its name cannot be made a Kiro name.")
-            return
+            return None
         if name in self.taken:
             self.warn(
                 f"{what} is left out: its Kiro name {name!r} is already {self.taken[name]!r}'s."
             )
-            return
+            return None
         if len(v.version) > _VERSION_MAX or not v.version:
             self.warn(f"{what} is left out: Kiro takes a version of 1 to 255 characters.")
-            return
+            return None
         server = self.server(v, what)
         if server is None:
-            return
+            return None
         self.taken[name] = v.name
         entry: dict[str, Any] = {"server": {"name": name, **server}}
         if name != v.name:
             entry["_meta"] = {META: {"registryName": v.name}}
             self.aliases[name] = v.name
-        self.entries.append(entry)
+        return entry
 
     def server(self, v: ServedVersion, what: str) -> dict[str, Any] | None:
         chosen = self.launch(v, what)
@@ -249,14 +249,28 @@ def _list(value: Any) -> list[dict[str, Any]]:
 async def export(
     servers: AsyncIterator[ServerGroup], options: ExportOptions, sink: Sink
 ) -> ExportResult:
-    """One file, in name order; same view and options → same bytes."""
+    """One file, in name order; same view and options → same bytes. Streamed entry by entry:
+    memory holds one server and the alias table (the file's last key), never the file."""
     catalogue = _Catalogue(options)
-    async for group in servers:
-        catalogue.add(group)
-    document = {"servers": catalogue.entries, "_meta": {META: {"aliases": catalogue.aliases}}}
-    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    with sink.stream("") as out:
+        out.write(b'{\n  "servers": [')
+        async for group in servers:
+            entry = catalogue.add(group)
+            if entry is not None:
+                comma = b"," if catalogue.result.entries else b""
+                out.write(comma + b"\n    " + _json(entry).replace(b"\n", b"\n    "))
+                catalogue.result.entries += 1
+        out.write(b"\n  ]" if catalogue.result.entries else b"]")
+        table = _json({META: {"aliases": catalogue.aliases}})
+        out.write(b',\n  "_meta": ' + table.replace(b"\n", b"\n  ") + b"\n}\n")
+    catalogue.result.servers = catalogue.result.entries
+    return catalogue.result
+
+
+def _json(value: Any) -> bytes:
+    # Same layout as the whole document dumped with indent=2: a value's own lines, which the
+    # caller indents to its depth (a JSON string holds no raw newline, so every `\n` is layout).
     # Upstream JSON may hold a lone surrogate (`"\ud800"`), which UTF-8 cannot encode; it only
     # occurs inside a JSON string, where the backslash form written instead is its escape.
-    sink.write("", text.encode("utf-8", "backslashreplace"))
-    catalogue.result.servers = catalogue.result.entries = len(catalogue.entries)
-    return catalogue.result
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    return text.encode("utf-8", "backslashreplace")

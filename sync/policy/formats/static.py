@@ -23,7 +23,9 @@ API's URLs:
 Entries are the stored bytes (`server` and `_meta` exactly as the API serves them). Deleted
 versions never appear; deprecated ones only with `--include-deprecated`. A name or version that
 cannot be a file name (see `_refusal`) is left out with a warning: no entry writes outside the
-tree, and no two entries write the same file, even on a case-insensitive file system.
+tree, and no two entries write the same file, even on a case-insensitive file system. Nothing
+is written, walked or pruned through a symbolic link inside the tree (`sync/policy/sinks.py`):
+a link where the tree must write fails the export, naming it.
 Memory holds one server's versions; the list file is streamed.
 """
 
@@ -35,7 +37,7 @@ from typing import IO
 
 from sync.policy.catalogue import ServedVersion, ServerGroup
 from sync.policy.export import ExportOptions, ExportResult
-from sync.policy.sinks import Sink
+from sync.policy.sinks import Sink, is_temporary
 
 __all__ = ["OWNED", "export"]
 
@@ -56,6 +58,8 @@ def _refusal(segment: str, reserved: tuple[str, ...]) -> str | None:
         return "it holds a control character"
     if len(segment.encode("utf-8", "surrogatepass")) > _MAX_SEGMENT_BYTES:
         return f"it is over {_MAX_SEGMENT_BYTES} bytes long"
+    if is_temporary(segment):
+        return "it is the name the export gives a file in progress"
     if _fold(segment) in reserved:
         return f"{segment!r} is a name the tree itself uses"
     return None
