@@ -144,7 +144,7 @@ async def doctor_command(
         finally:
             await reader.close()
     if as_json:
-        sys.stdout.write(json.dumps(to_json(report), indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.write(json.dumps(to_json(report), indent=2, ensure_ascii=True) + "\n")
     else:
         sys.stdout.write(render(report))
     return 0 if report.ok else 1

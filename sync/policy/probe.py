@@ -281,7 +281,13 @@ async def _cursor(run: _Run) -> tuple[str, list[Problem]]:
         )
     # VS Code: `&cursor=${nextCursor}`; ToolHive: url.Values.Encode (Go's QueryEscape).
     tries = {"raw": f"{first_url}&cursor={cursor}"}
-    if (encoded := quote_plus(cursor, safe="")) != cursor:
+    try:
+        encoded = quote_plus(cursor, safe="")
+    except UnicodeEncodeError:  # a lone surrogate has no UTF-8 form to send
+        raise Failed(
+            "cursor", f"metadata.nextCursor {short(ascii(cursor), 60)} is not valid Unicode"
+        ) from None
+    if encoded != cursor:
         tries["percent-encoded"] = f"{first_url}&cursor={encoded}"
     if not (cursor.isascii() and cursor.isprintable() and " " not in cursor):
         problems.append(Problem("cursor", "the raw cursor cannot even go into a request line"))
@@ -307,10 +313,26 @@ async def _latest_lookup(run: _Run) -> tuple[str, list[Problem]]:
         return "no servers listed: nothing to look up", []
     problems: list[Problem] = []
     latencies: list[float] = []
+    looked: list[dict[str, Any]] = []
     for name in run.names:
-        url = f"{run.servers_url}/{encode_component(name)}/versions/latest"
+        record: dict[str, Any] = {"name": name, "status": None, "latency_ms": None}
+        looked.append(record)
+        try:
+            # A lone surrogate has no UTF-8 form: encodeURIComponent throws URIError on it.
+            url = f"{run.servers_url}/{encode_component(name)}/versions/latest"
+        except UnicodeEncodeError:
+            problems.append(
+                Problem(
+                    "latest-lookup",
+                    f"the listed name {short(ascii(name), 80)} is not valid Unicode (a lone "
+                    "surrogate): no client can put it in a URL",
+                    "serve names as valid Unicode text",
+                )
+            )
+            continue
         try:
             answer = await run.get(url)
+            record.update(status=answer.status, latency_ms=answer.latency_ms)
             item = json_body(answer, "latest-lookup", exact=200)
             latencies.append(answer.latency_ms)
             if (found := item_key(item)[0]) != name:
@@ -319,10 +341,7 @@ async def _latest_lookup(run: _Run) -> tuple[str, list[Problem]]:
                 raise Failed("latest-lookup", f"{url}: the item {'; '.join(shape)}")
         except Failed as failed:
             problems.append(failed.problem)
-    run.extra["names"] = [
-        {"name": name, "status": a.status, "latency_ms": a.latency_ms}
-        for name, a in zip(run.names, run.answers, strict=True)
-    ]
+    run.extra["names"] = looked
     passed = len(run.names) - len(problems)
     if any(a.status == 404 for a in run.answers):
         problems.append(
