@@ -368,3 +368,41 @@ def test_identify_reads_hand_written_commands(
     words = command.split()
     found = identify(words[0], words[1:])
     assert (found and (found.registry_type, found.identifier, found.version)) == expected
+
+
+# --- hostile files: a finding or one line, never a traceback ---------------------------------
+
+
+async def test_a_key_or_field_that_is_not_valid_unicode_is_an_unreadable_entry(
+    mirror: Path, tmp_path: Path
+) -> None:
+    # JSON spells a lone surrogate as an escape; no store, client or terminal can encode it.
+    path = tmp_path / "mcp.json"
+    path.write_text(
+        '{"servers": {"\\ud800x": {"url": "https://x/"},'
+        ' "ok-key": {"command": "npx", "args": ["\\udc80"]},'
+        ' "\\udfff": 3,'
+        ' "exa": {"type": "http", "url": "https://mcp.exa.ai/mcp"}}}'
+    )
+    code, out, err = await doctor(mirror, "--mcp-json", path, "--json")
+    assert (code, err) == (1, ""), err
+    assert out.isascii()
+    report = json.loads(out)
+    codes = _codes(report)
+    assert codes["\ud800x"] == ["unreadable-entry"]
+    assert codes["ok-key"] == ["unreadable-entry"]
+    assert codes["\udfff"] == ["unreadable-entry"]
+    assert "lone surrogate" in _fixes(_finding(report, "\ud800x"))
+    assert "`args` is not valid Unicode" in _fixes(_finding(report, "ok-key"))
+    assert "exa" in codes  # the other entries are still diagnosed
+    code, text, err = await doctor(mirror, "--mcp-json", path)
+    assert (code, err) == (1, ""), err
+    assert "FAIL ?x: blocked: unreadable-entry" in text
+
+
+async def test_a_file_nested_too_deeply_is_one_line(mirror: Path, tmp_path: Path) -> None:
+    path = tmp_path / "mcp.json"
+    path.write_text('{"servers": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    code, out, err = await doctor(mirror, "--mcp-json", path)
+    assert (code, out) == (1, "")
+    assert err == f"subregistry: cannot read {path}: nested too deeply to be a configuration\n"
