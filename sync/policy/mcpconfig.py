@@ -113,10 +113,10 @@ def _encodable(text: str) -> bool:
 
 def _server(key: str, raw: Any) -> ConfiguredServer:
     if not isinstance(raw, dict):
-        errors = ["the entry is not a JSON object"]
+        why = ["the entry is not a JSON object"]
         if not _encodable(key):
-            errors.append("the key is not valid Unicode (it holds a lone surrogate)")
-        return ConfiguredServer(key, "", errors=tuple(errors))
+            why.append("the key is not valid Unicode (it holds a lone surrogate)")
+        return ConfiguredServer(key, "", errors=tuple(why))
     errors: list[str] = []
     kind = raw.get("type")
     if kind is not None and not isinstance(kind, str):
