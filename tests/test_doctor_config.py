@@ -406,3 +406,26 @@ async def test_a_file_nested_too_deeply_is_one_line(mirror: Path, tmp_path: Path
     code, out, err = await doctor(mirror, "--mcp-json", path)
     assert (code, out) == (1, "")
     assert err == f"subregistry: cannot read {path}: nested too deeply to be a configuration\n"
+
+
+async def test_a_url_whose_host_only_looks_like_a_template_filling_is_blocked(
+    mirror: Path, tmp_path: Path
+) -> None:
+    # A browser (WHATWG) reads `\` as `/`: the first URL's host is evil.com, the second one's
+    # `evil` is userinfo. Neither is a filling of https://{tenant}.mcp.example.com/mcp.
+    path = tmp_path / "mcp.json"
+    servers = {
+        "a": "https://evil.com\\.mcp.example.com/mcp",
+        "b": "https://evil@acme.mcp.example.com/mcp",
+        "c": "https://acme.mcp.example.com/mcp",
+    }
+    path.write_text(json.dumps({"mcpServers": {k: {"url": u} for k, u in servers.items()}}))
+    code, out, err = await doctor(mirror, "--mcp-json", path, "--json")
+    assert code == 1
+    assert err == "", err
+    report = json.loads(out)
+    for key in ("a", "b"):
+        finding = _finding(report, key)
+        assert not finding["ok"] and "template" not in finding, finding
+    assert _finding(report, "c")["ok"] is True
+    assert _finding(report, "c")["template"] == "https://{tenant}.mcp.example.com/mcp"

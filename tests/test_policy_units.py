@@ -197,3 +197,26 @@ async def test_groups_read_a_view_one_server_at_a_time(
     assert len(names) == len(set(names))
     by_key = {(n, v) for n, v in seen}
     assert DEPRECATED in by_key and any(n == MULTI for n, _ in by_key)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://evil.com\\.mcp.example.com/mcp",  # a browser's host is evil.com
+        "https://evil.com\\x.mcp.example.com/mcp",
+        "https://evil@x.mcp.example.com/mcp",  # `evil` would be userinfo, not the host
+        "https://a b.mcp.example.com/mcp",
+    ],
+)
+def test_a_filling_never_holds_a_backslash_at_or_whitespace(url: str) -> None:
+    assert not matches("https://{tenant}.mcp.example.com/mcp", url)
+    assert matches("https://{tenant}.mcp.example.com/mcp", "https://acme.mcp.example.com/mcp")
+    # A tab is dropped, by WHATWG as by urlsplit: the client reaches ab.mcp.example.com.
+    assert matches("https://{tenant}.mcp.example.com/mcp", "https://a\tb.mcp.example.com/mcp")
+
+
+def test_a_backslash_is_a_slash_before_the_query_of_an_http_url() -> None:
+    assert canonical("HTTPS://evil.com\\.x.example.com\\mcp?q=a\\b") == (
+        "https://evil.com/.x.example.com/mcp?q=a\\b"
+    )
+    assert canonical("file:///a\\b") == "file:///a\\b"
