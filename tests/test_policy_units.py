@@ -4,6 +4,7 @@ how a served view is read one server at a time."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -220,3 +221,13 @@ def test_a_backslash_is_a_slash_before_the_query_of_an_http_url() -> None:
         "https://evil.com/.x.example.com/mcp?q=a\\b"
     )
     assert canonical("file:///a\\b") == "file:///a\\b"
+
+
+POLICY = Path(__file__).parent.parent / "sync" / "policy"
+
+
+def test_policy_modules_stay_small_and_import_nothing_private() -> None:
+    sizes = {p.name: len(p.read_text().splitlines()) for p in POLICY.rglob("*.py")}
+    assert {name: n for name, n in sizes.items() if n > 400} == {}
+    private = re.compile(r"^from sync\.\S+ import .*\b_[a-z]", re.MULTILINE)
+    assert [p.name for p in POLICY.rglob("*.py") if private.search(p.read_text())] == []
