@@ -429,3 +429,16 @@ async def test_a_url_whose_host_only_looks_like_a_template_filling_is_blocked(
         assert not finding["ok"] and "template" not in finding, finding
     assert _finding(report, "c")["ok"] is True
     assert _finding(report, "c")["template"] == "https://{tenant}.mcp.example.com/mcp"
+
+
+async def test_json_output_escapes_every_non_printable_character(
+    mirror: Path, tmp_path: Path
+) -> None:
+    # U+009B is a C1 control (CSI): raw on a terminal it starts an escape sequence.
+    key = "\u009b31mred\u202e\u0085"
+    path = tmp_path / "mcp.json"
+    path.write_text(json.dumps({"servers": {key: {"type": "http", "url": "https://x.example/"}}}))
+    code, out, err = await doctor(mirror, "--mcp-json", path, "--json")
+    assert (code, err) == (1, ""), err
+    assert out.isascii() and "\\u009b31mred" in out
+    assert json.loads(out)["findings"][0]["subject"] == key

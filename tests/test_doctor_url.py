@@ -364,11 +364,17 @@ class TestFailuresAreReportsNotTracebacks:
         assert (code, out) == (1, "")
         assert err.startswith("subregistry: --url: ") and err.count("\n") == 1, err
 
-    @pytest.mark.parametrize("seconds", ["0", "-1", "nan", "inf"])
+    @pytest.mark.parametrize("seconds", ["0", "-1", "nan", "inf", "1e308", "300.5"])
     async def test_a_bad_timeout_is_one_line(self, seconds: str) -> None:
         code, out, err = await run("doctor", "--url", "http://127.0.0.1:9", "--timeout", seconds)
         assert (code, out) == (1, "")
         assert err.startswith("subregistry: --timeout: ") and err.count("\n") == 1, err
+
+    async def test_the_longest_timeout_is_accepted(self) -> None:
+        # Nothing listens on the discard port: the report says so, no argument error.
+        code, out, err = await run("doctor", "--url", "http://127.0.0.1:9", "--timeout", "300")
+        assert (code, err) == (1, ""), err
+        assert "FAIL version-probe" in out
 
 
 def test_checks_are_in_the_documented_order() -> None:

@@ -8,8 +8,6 @@ does is reported as a failed check with its reason, never raised.
 
 from __future__ import annotations
 
-import math
-
 import aiohttp
 
 from sync import __version__
@@ -18,14 +16,20 @@ from sync.policy.probe_checks import CHECKS, STEPS, Run
 from sync.policy.probe_http import Failed, Http, base_url, short
 from sync.policy.report import Finding, Problem, Report
 
-__all__ = ["CHECKS", "probe"]
+__all__ = ["CHECKS", "MAX_TIMEOUT", "probe"]
+
+MAX_TIMEOUT = 300.0  # seconds per request
 
 
 async def probe(base: str, *, request_timeout: float) -> Report:
     """Every check in `CHECKS`, in order, as one report; a failed version probe leaves the
     rest not run (there is no API to ask), reported as failed so the exit code says so."""
-    if not 0 < request_timeout < math.inf:  # aiohttp reads 0 as "no timeout"
-        raise CommandFailed(f"--timeout: {request_timeout:g} is not a positive number of seconds")
+    # aiohttp reads 0 as "no timeout", and 1e308 is none in effect: a probe stays bounded.
+    if not 0 < request_timeout <= MAX_TIMEOUT:
+        raise CommandFailed(
+            f"--timeout: {request_timeout:g} is not a number of seconds above 0 and at most "
+            f"{MAX_TIMEOUT:g}"
+        )
     try:
         given = base_url(base)
     except ValueError as exc:
