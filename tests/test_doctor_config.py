@@ -368,3 +368,77 @@ def test_identify_reads_hand_written_commands(
     words = command.split()
     found = identify(words[0], words[1:])
     assert (found and (found.registry_type, found.identifier, found.version)) == expected
+
+
+# --- hostile files: a finding or one line, never a traceback ---------------------------------
+
+
+async def test_a_key_or_field_that_is_not_valid_unicode_is_an_unreadable_entry(
+    mirror: Path, tmp_path: Path
+) -> None:
+    # JSON spells a lone surrogate as an escape; no store, client or terminal can encode it.
+    path = tmp_path / "mcp.json"
+    path.write_text(
+        '{"servers": {"\\ud800x": {"url": "https://x/"},'
+        ' "ok-key": {"command": "npx", "args": ["\\udc80"]},'
+        ' "\\udfff": 3,'
+        ' "exa": {"type": "http", "url": "https://mcp.exa.ai/mcp"}}}'
+    )
+    code, out, err = await doctor(mirror, "--mcp-json", path, "--json")
+    assert (code, err) == (1, ""), err
+    assert out.isascii()
+    report = json.loads(out)
+    codes = _codes(report)
+    assert codes["\ud800x"] == ["unreadable-entry"]
+    assert codes["ok-key"] == ["unreadable-entry"]
+    assert codes["\udfff"] == ["unreadable-entry"]
+    assert "lone surrogate" in _fixes(_finding(report, "\ud800x"))
+    assert "`args` is not valid Unicode" in _fixes(_finding(report, "ok-key"))
+    assert "exa" in codes  # the other entries are still diagnosed
+    code, text, err = await doctor(mirror, "--mcp-json", path)
+    assert (code, err) == (1, ""), err
+    assert "FAIL ?x: blocked: unreadable-entry" in text
+
+
+async def test_a_file_nested_too_deeply_is_one_line(mirror: Path, tmp_path: Path) -> None:
+    path = tmp_path / "mcp.json"
+    path.write_text('{"servers": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    code, out, err = await doctor(mirror, "--mcp-json", path)
+    assert (code, out) == (1, "")
+    assert err == f"subregistry: cannot read {path}: nested too deeply to be a configuration\n"
+
+
+async def test_a_url_whose_host_only_looks_like_a_template_filling_is_blocked(
+    mirror: Path, tmp_path: Path
+) -> None:
+    # A browser (WHATWG) reads `\` as `/`: the first URL's host is evil.com, the second one's
+    # `evil` is userinfo. Neither is a filling of https://{tenant}.mcp.example.com/mcp.
+    path = tmp_path / "mcp.json"
+    servers = {
+        "a": "https://evil.com\\.mcp.example.com/mcp",
+        "b": "https://evil@acme.mcp.example.com/mcp",
+        "c": "https://acme.mcp.example.com/mcp",
+    }
+    path.write_text(json.dumps({"mcpServers": {k: {"url": u} for k, u in servers.items()}}))
+    code, out, err = await doctor(mirror, "--mcp-json", path, "--json")
+    assert code == 1
+    assert err == "", err
+    report = json.loads(out)
+    for key in ("a", "b"):
+        finding = _finding(report, key)
+        assert not finding["ok"] and "template" not in finding, finding
+    assert _finding(report, "c")["ok"] is True
+    assert _finding(report, "c")["template"] == "https://{tenant}.mcp.example.com/mcp"
+
+
+async def test_json_output_escapes_every_non_printable_character(
+    mirror: Path, tmp_path: Path
+) -> None:
+    # U+009B is a C1 control (CSI): raw on a terminal it starts an escape sequence.
+    key = "\u009b31mred\u202e\u0085"
+    path = tmp_path / "mcp.json"
+    path.write_text(json.dumps({"servers": {key: {"type": "http", "url": "https://x.example/"}}}))
+    code, out, err = await doctor(mirror, "--mcp-json", path, "--json")
+    assert (code, err) == (1, ""), err
+    assert out.isascii() and "\\u009b31mred" in out
+    assert json.loads(out)["findings"][0]["subject"] == key

@@ -142,6 +142,7 @@ class Faults:
     html: bool = False
     huge: bool = False
     hang: bool = False
+    surrogate: bool = False  # the first name, and the cursor, hold a lone surrogate
 
 
 NAMES = [f"io.github.acme/server-{i:02d}" for i in range(12)]
@@ -160,7 +161,9 @@ def registry(faults: Faults) -> web.Application:
         items[0]["server"]["description"] = ""
     if faults.no_meta:
         del items[0]["_meta"]
-    cursor_form = r"p\+([0-9]+)/" if faults.unsafe_cursor else r"p([0-9]+)"
+    if faults.surrogate:
+        items[0]["server"]["name"] = "ns/\ud800x"
+    cursor_form = r"p\+([0-9]+)/" if faults.unsafe_cursor else r"p([0-9]+).?"
 
     async def servers(request: web.Request) -> web.StreamResponse:
         if faults.hang:
@@ -177,7 +180,7 @@ def registry(faults: Faults) -> web.Application:
         page = items[start : start + limit]
         metadata: dict[str, Any] = {"count": len(page)}
         if start + limit < len(items):
-            form = "p+{}/" if faults.unsafe_cursor else "p{}"
+            form = "p+{}/" if faults.unsafe_cursor else "p{}\udc80" if faults.surrogate else "p{}"
             metadata["nextCursor"] = form.format(start + limit)
         return web.json_response({"servers": page, "metadata": metadata})
 
@@ -361,11 +364,17 @@ class TestFailuresAreReportsNotTracebacks:
         assert (code, out) == (1, "")
         assert err.startswith("subregistry: --url: ") and err.count("\n") == 1, err
 
-    @pytest.mark.parametrize("seconds", ["0", "-1", "nan", "inf"])
+    @pytest.mark.parametrize("seconds", ["0", "-1", "nan", "inf", "1e308", "300.5"])
     async def test_a_bad_timeout_is_one_line(self, seconds: str) -> None:
         code, out, err = await run("doctor", "--url", "http://127.0.0.1:9", "--timeout", seconds)
         assert (code, out) == (1, "")
         assert err.startswith("subregistry: --timeout: ") and err.count("\n") == 1, err
+
+    async def test_the_longest_timeout_is_accepted(self) -> None:
+        # Nothing listens on the discard port: the report says so, no argument error.
+        code, out, err = await run("doctor", "--url", "http://127.0.0.1:9", "--timeout", "300")
+        assert (code, err) == (1, ""), err
+        assert "FAIL version-probe" in out
 
 
 def test_checks_are_in_the_documented_order() -> None:
@@ -379,3 +388,22 @@ def test_checks_are_in_the_documented_order() -> None:
         "latest-lookup",
         "openapi",
     )
+
+
+async def test_names_and_cursors_that_are_not_valid_unicode_fail_their_check() -> None:
+    # JSON may escape a lone surrogate (`"ns/\\ud800x"`): no client can put it in a URL.
+    async with serving(registry(Faults(surrogate=True))) as url:
+        code, out, err = await run("doctor", "--url", url)
+        assert (code, err) == (1, ""), err
+        lines = {line.split(":")[0].split()[-1]: line for line in out.splitlines()[1:-1]}
+        assert lines["latest-lookup"].startswith("  FAIL"), out
+        assert lines["cursor"].startswith("  FAIL"), out
+        assert "'ns/\\ud800x' is not valid Unicode" in out
+        assert "metadata.nextCursor 'p1\\udc80' is not valid Unicode" in out
+        code, out, err = await run("doctor", "--url", url, "--json")
+        assert (code, err) == (1, ""), err
+        report = json.loads(out)
+        assert {f["subject"] for f in report["findings"] if not f["ok"]} == {
+            "latest-lookup",
+            "cursor",
+        }

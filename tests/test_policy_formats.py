@@ -379,6 +379,9 @@ def as_policy(built: matchers.Policy) -> Json:
     return {"allowedMcpServers": built.allowed, "deniedMcpServers": built.denied}
 
 
+REFUSED = ""  # no entry for Claude Code
+
+
 class TestMatchers:
     @pytest.mark.parametrize(
         ("url", "copilot", "claude_code"),
@@ -386,12 +389,12 @@ class TestMatchers:
             ("https://MCP.Example.com:443/Mcp#frag", "https://mcp.example.com/Mcp", None),
             ("https://mcp.example.com", "https://mcp.example.com/", None),
             ("http://mcp.example.com:8080/x?a=b", "http://mcp.example.com:8080/x?a=b", None),
-            ("https://{tenant}.example.com/mcp", "https://*.example.com/mcp", None),
-            ("https://mcp-{region}.example.com/mcp", "https://mcp-*.example.com/mcp", None),
+            ("https://{tenant}.example.com/mcp", "https://*.example.com/mcp", REFUSED),
+            ("https://mcp-{region}.example.com/mcp", "https://mcp-*.example.com/mcp", REFUSED),
             ("https://mcp.example.com/{org}", "https://mcp.example.com/*", None),
             ("https://mcp.example.com/{org}/mcp", None, "https://mcp.example.com/*/mcp"),
             ("https://mcp.example.com/mcp?org={org}", None, "https://mcp.example.com/mcp?org=*"),
-            ("https://mcp.example.com:{port}/mcp", None, "https://mcp.example.com:*/mcp"),
+            ("https://mcp.example.com:{port}/mcp", None, REFUSED),
             ("https://bücher.example/mcp", "https://xn--bcher-kva.example/mcp", None),
             ("https://mcp.example.com/a b", "https://mcp.example.com/a%20b", None),
             # Never broader than the server: a template may not choose the domain.
@@ -412,11 +415,61 @@ class TestMatchers:
     def test_url_patterns_per_client(
         self, url: str, copilot: str | None, claude_code: str | None
     ) -> None:
-        """`claude_code` None means the same as Copilot's (Claude takes `*` anywhere)."""
+        """`claude_code` None means the same as Copilot's (Claude takes `*` anywhere),
+        REFUSED no entry (a host or port wildcard: Claude's `*` may cross a `/`)."""
         got, why = matchers.url_pattern(url, matchers.COPILOT)
         assert got == copilot and (got is None) == bool(why)
         claude_got, _ = matchers.url_pattern(url, matchers.CLAUDE)
-        assert claude_got == (claude_code or copilot)
+        assert claude_got == (None if claude_code == REFUSED else (claude_code or copilot))
+
+    @pytest.mark.parametrize(
+        ("url", "copilot"),
+        [
+            # The literal part after a host wildcard must be a registrable domain.
+            ("https://{t}.co.uk/mcp", None),
+            ("https://{t}.com.au/mcp", None),
+            ("https://{t}.github.io/mcp", None),
+            ("https://{t}.x.{u}.example.com/mcp", "https://*.x.*.example.com/mcp"),
+            ("https://{t}.{u}.com/mcp", None),
+            ("https://{t}.example.co.uk/mcp", "https://*.example.co.uk/mcp"),
+            ("https://{t}.example.de/mcp", "https://*.example.de/mcp"),
+            ("https://{t}.abc.de/mcp", None),  # indistinguishable from co.uk without a PSL
+            # WHATWG reads `\` as `/` in an http(s) URL: the exact entry says what the client sees.
+            ("https://evil.com\\.mcp.example.com/mcp", "https://evil.com/.mcp.example.com/mcp"),
+        ],
+    )
+    def test_a_host_wildcard_stays_within_one_registrable_domain(
+        self, url: str, copilot: str | None
+    ) -> None:
+        got, why = matchers.url_pattern(url, matchers.COPILOT)
+        assert got == copilot, why
+        if copilot is None:
+            assert "domain" in why
+
+    async def test_claude_gets_no_host_wildcard(self) -> None:
+        # Claude's `*` is a glob "anywhere in the pattern": `https://*.mcp.example.com/mcp`
+        # would admit https://attacker.tld/.mcp.example.com/mcp. A path wildcard is kept.
+        group = ServerGroup(
+            "io.x/t",
+            (
+                served(
+                    "io.x/t",
+                    "1.0.0",
+                    remotes=[
+                        "https://{t}.mcp.example.com/mcp",
+                        "https://mcp.example.com:{port}/mcp",
+                        "https://mcp.example.com/{org}/mcp",
+                    ],
+                ),
+            ),
+        )
+        built = await build(group, dialect=matchers.CLAUDE)
+        assert built.allowed == [{"serverUrl": "https://mcp.example.com/*/mcp"}]
+        assert len(built.warnings) == 2
+        assert all("not documented to stop at `/`" in w for w in built.warnings)
+        policy = as_policy(built)
+        assert claude_check(policy, url="https://attacker.tld/.mcp.example.com/mcp") != "allowed"
+        assert claude_check(policy, url="https://mcp.example.com/acme/mcp") == "allowed"
 
     def test_copilot_rejects_a_dollar_variable_claude_only_braces(self) -> None:
         assert matchers.url_pattern("https://x.example.com/$HOME", matchers.COPILOT)[0] is None
@@ -427,11 +480,13 @@ class TestMatchers:
         group = ServerGroup(
             "io.x/t", (served("io.x/t", "1.0.0", remotes=["https://{t}.example.com/mcp"]),)
         )
-        for dialect, check in ((matchers.COPILOT, vscode_check), (matchers.CLAUDE, claude_check)):
-            policy = as_policy(await build(group, dialect=dialect))
-            assert check(policy, url="https://acme.example.com/mcp") == "allowed"
-            assert check(policy, url="https://acme.example.com/other") == "not allowed"
-            assert check(policy, url="https://example.org/mcp") == "not allowed"
+        policy = as_policy(await build(group, dialect=matchers.COPILOT))
+        assert vscode_check(policy, url="https://acme.example.com/mcp") == "allowed"
+        assert vscode_check(policy, url="https://acme.example.com/other") == "not allowed"
+        assert vscode_check(policy, url="https://example.org/mcp") == "not allowed"
+        # Claude: no host wildcard (see test_claude_gets_no_host_wildcard), so no entry.
+        built = await build(group, dialect=matchers.CLAUDE)
+        assert built.allowed == [] and len(built.warnings) == 1
 
     async def test_deleted_never_deprecated_by_flag_and_deny_subtracts_what_is_served(
         self,
@@ -705,7 +760,9 @@ class TestExports:
         servers = await served_groups(curated_db, "team")
         assert servers and all(g.name.startswith("ai.") for g in servers)
         prove(policy, check, servers, result.warnings, False)
-        assert check(policy, url="https://acme.tenant.example.com/mcp") == "allowed"
+        # A host template: Copilot's `*` stays in the host; Claude gets no entry (and a warning).
+        tenant = "allowed" if check is vscode_check else "not allowed"
+        assert check(policy, url="https://acme.tenant.example.com/mcp") == tenant
         assert check(policy, url="https://gone.example.com/sse") == "denied"
         assert check(policy, url="https://old.moved.example.com/sse") == "denied"
         assert check(policy, command=["npx", "@zz/moved@1.0.0"]) == "denied"

@@ -4,6 +4,7 @@ how a served view is read one server at a time."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +198,36 @@ async def test_groups_read_a_view_one_server_at_a_time(
     assert len(names) == len(set(names))
     by_key = {(n, v) for n, v in seen}
     assert DEPRECATED in by_key and any(n == MULTI for n, _ in by_key)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://evil.com\\.mcp.example.com/mcp",  # a browser's host is evil.com
+        "https://evil.com\\x.mcp.example.com/mcp",
+        "https://evil@x.mcp.example.com/mcp",  # `evil` would be userinfo, not the host
+        "https://a b.mcp.example.com/mcp",
+    ],
+)
+def test_a_filling_never_holds_a_backslash_at_or_whitespace(url: str) -> None:
+    assert not matches("https://{tenant}.mcp.example.com/mcp", url)
+    assert matches("https://{tenant}.mcp.example.com/mcp", "https://acme.mcp.example.com/mcp")
+    # A tab is dropped, by WHATWG as by urlsplit: the client reaches ab.mcp.example.com.
+    assert matches("https://{tenant}.mcp.example.com/mcp", "https://a\tb.mcp.example.com/mcp")
+
+
+def test_a_backslash_is_a_slash_before_the_query_of_an_http_url() -> None:
+    assert canonical("HTTPS://evil.com\\.x.example.com\\mcp?q=a\\b") == (
+        "https://evil.com/.x.example.com/mcp?q=a\\b"
+    )
+    assert canonical("file:///a\\b") == "file:///a\\b"
+
+
+POLICY = Path(__file__).parent.parent / "sync" / "policy"
+
+
+def test_policy_modules_stay_small_and_import_nothing_private() -> None:
+    sizes = {p.name: len(p.read_text().splitlines()) for p in POLICY.rglob("*.py")}
+    assert {name: n for name, n in sizes.items() if n > 400} == {}
+    private = re.compile(r"^from sync\.\S+ import .*\b_[a-z]", re.MULTILINE)
+    assert [p.name for p in POLICY.rglob("*.py") if private.search(p.read_text())] == []

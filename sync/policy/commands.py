@@ -15,7 +15,7 @@ from sync.policy.doctor import diagnose
 from sync.policy.export import Exporter, ExportOptions, ExportResult
 from sync.policy.formats import claude, cline, github, kiro, static, vscode
 from sync.policy.probe import probe
-from sync.policy.report import Report, _clean, render, to_json
+from sync.policy.report import Report, clean, render, to_json
 from sync.policy.sinks import CheckSink, FileSink, TreeSink, UnsafePath
 from sync.store import open_reader
 
@@ -111,7 +111,7 @@ async def policy_export_command(
         # The folder or file asked for, not the temporary file beside it that failed.
         raise CommandFailed(f"cannot write {where}: {exc.strerror or exc}") from None
     except UnsafePath as exc:
-        raise CommandFailed(f"the {fmt} export refused the path {_clean(str(exc))!r}") from None
+        raise CommandFailed(f"the {fmt} export refused the path {clean(str(exc))!r}") from None
     finally:
         await reader.close()
     if isinstance(sink, CheckSink):
@@ -119,11 +119,11 @@ async def policy_export_command(
         # should hold the one line that says what is out of date.
         sink.finish()
         if sink.stale:
-            print(f"subregistry: {_clean(_stale(check, sink.stale, tree=tree))}", file=sys.stderr)
+            print(f"subregistry: {clean(_stale(check, sink.stale, tree=tree))}", file=sys.stderr)
             return 1
         return 0
     for warning in result.warnings:
-        print(f"subregistry: warning: {_clean(warning)}", file=sys.stderr)
+        print(f"subregistry: warning: {clean(warning)}", file=sys.stderr)
     if isinstance(sink, TreeSink):
         try:
             sink.prune(static.OWNED)
@@ -134,7 +134,7 @@ async def policy_export_command(
         assert sink.data is not None
         sys.stdout.buffer.write(sink.data)
     else:
-        print(f"wrote {result.servers} servers ({result.entries} entries) to {_clean(str(output))}")
+        print(f"wrote {result.servers} servers ({result.entries} entries) to {clean(str(output))}")
     return 0
 
 
@@ -179,7 +179,7 @@ async def doctor_command(
         finally:
             await reader.close()
     if as_json:
-        sys.stdout.write(json.dumps(to_json(report), indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.write(json.dumps(to_json(report), indent=2, ensure_ascii=True) + "\n")
     else:
         sys.stdout.write(render(report))
     return 0 if report.ok else 1

@@ -24,7 +24,7 @@ from __future__ import annotations
 import difflib
 import shlex
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from sync.config import Config
 from sync.curate.explain import explain
 from sync.launch import argv
 from sync.policy.catalogue import ServedVersion, ServerGroup, groups, version_of
+from sync.policy.doctor_index import Index, host_of
 from sync.policy.invocation import (
     Invocation,
     identify,
@@ -41,77 +42,10 @@ from sync.policy.invocation import (
 )
 from sync.policy.mcpconfig import ConfiguredServer, read, references
 from sync.policy.report import Finding, Problem, Report
-from sync.policy.templates import canonical, is_template, matches
+from sync.policy.templates import is_template, matches
 from sync.store import Reader
 
 __all__ = ["diagnose"]
-
-
-def _host(url: str) -> str:
-    return canonical(url).partition("://")[2].partition("/")[0]
-
-
-@dataclass
-class _Index:
-    """Compact facts about every name of the view, gathered in one streamed pass: enough to
-    recognise a configured server under another key, never whole entries."""
-
-    names: set[str] = field(default_factory=set)
-    live: set[str] = field(default_factory=set)  # names with a version that is not deleted
-    folded: dict[str, set[str]] = field(default_factory=dict)  # casefolded name or title
-    titles: dict[str, set[str]] = field(default_factory=dict)
-    packages: dict[tuple[str, str], set[str]] = field(default_factory=dict)
-    remotes: dict[str, set[str]] = field(default_factory=dict)  # canonical URL -> names
-    templates: list[tuple[str, str]] = field(default_factory=list)
-    hosts: dict[str, set[str]] = field(default_factory=dict)  # URL host -> names
-
-    def add(self, group: ServerGroup) -> None:
-        self.names.add(group.name)
-        self.folded.setdefault(group.name.casefold(), set()).add(group.name)
-        for v in group.versions:
-            if v.status == "deleted":
-                continue
-            self.live.add(group.name)
-            if v.title:
-                self.titles.setdefault(v.title.casefold(), set()).add(group.name)
-            for p in v.packages:
-                key = served_key(p)
-                if key is not None:
-                    self.packages.setdefault(key, set()).add(group.name)
-            for r in v.remotes:
-                if is_template(r.url):
-                    if (r.url, group.name) not in self.templates:
-                        self.templates.append((r.url, group.name))
-                else:
-                    self.remotes.setdefault(canonical(r.url), set()).add(group.name)
-                    self.hosts.setdefault(_host(r.url), set()).add(group.name)
-
-    def recognise(self, server: ConfiguredServer, invocation: Invocation | None) -> list[str]:
-        """The served names this server recognisably is, strongest evidence first: same
-        remote URL (or a filling of a template), same package, then the key as a title."""
-        found: list[str] = []
-        if server.url:
-            found += sorted(self.remotes.get(canonical(server.url), ()))
-            found += sorted(n for t, n in self.templates if matches(t, server.url))
-        if invocation is not None:
-            key = package_key(invocation.registry_type, invocation.identifier)
-            found += sorted(self.packages.get(key, ()))
-        found += sorted(self.titles.get(server.key.casefold(), ()))
-        found += sorted(self.folded.get(server.key.casefold(), ()))
-        return list(dict.fromkeys(found))
-
-    def closest(self, server: ConfiguredServer) -> list[str]:
-        """Up to 3 served names the entry may have meant: names and titles close to its key,
-        and, for a remote, names served on the same host (same host, another path)."""
-        key = server.key
-        pool = {n.casefold(): {n} for n in self.names}
-        for title, names in self.titles.items():
-            pool.setdefault(title, set()).update(names)
-        near = difflib.get_close_matches(key.casefold(), list(pool), n=6, cutoff=0.5)
-        out = [n for k in near for n in sorted(pool[k])]
-        if server.url:
-            out = sorted(self.hosts.get(_host(server.url), ()))[:2] + out
-        return list(dict.fromkeys(out))[:3]
 
 
 def _dropped(report: dict[str, Any]) -> list[str]:
@@ -201,7 +135,7 @@ def _remote_problems(server: ConfiguredServer, target: ServedVersion) -> tuple[l
     for url in urls:
         if is_template(url) and matches(url, server.url):
             return [], url
-    same_host = [u for u in urls if _host(u) == _host(server.url)]
+    same_host = [u for u in urls if host_of(u) == host_of(server.url)]
     near = difflib.get_close_matches(server.url, same_host or urls, n=1, cutoff=0.0)
     best = near[0] if near else urls[0]
     return [
@@ -287,7 +221,7 @@ class _Doctor:
     config: Config
     reader: Reader
     view: str
-    index: _Index
+    index: Index
     client: str
 
     async def finding(self, server: ConfiguredServer) -> Finding:
@@ -414,7 +348,7 @@ async def diagnose(
     """One finding per configured server, in file order. The view is read once, streamed,
     into compact indexes; each server then costs one or two lookups by name."""
     parsed = read(path, client)
-    index = _Index()
+    index = Index()
     async for group in groups(reader, view):
         index.add(group)
     doctor = _Doctor(config, reader, view, index, parsed.client)

@@ -34,7 +34,16 @@ from sync.policy import templates
 from sync.policy.catalogue import ServedVersion, ServerGroup
 from sync.policy.export import ExportOptions
 
-__all__ = ["CLAUDE", "COPILOT", "Dialect", "Policy", "build", "overlap", "url_pattern"]
+__all__ = [
+    "CLAUDE",
+    "COPILOT",
+    "MULTI_TENANT",
+    "Dialect",
+    "Policy",
+    "build",
+    "overlap",
+    "url_pattern",
+]
 
 Entry = tuple[str, str | tuple[str, ...]]  # ("serverUrl", pattern) | ("serverCommand", argv)
 
@@ -81,6 +90,36 @@ def _host(host: str) -> str | None:
         return None
 
 
+# Suffixes under which anyone may register a name, beyond what the rule below already catches
+# (a short, documented list; there is no public-suffix list here): `*.github.io` admits every
+# GitHub Pages site.
+MULTI_TENANT = frozenset(
+    {
+        "github.io", "gitlab.io", "pages.dev", "workers.dev", "vercel.app", "netlify.app",
+        "herokuapp.com", "appspot.com", "azurewebsites.net", "cloudfront.net",
+        "amazonaws.com", "blogspot.com", "onrender.com", "fly.dev", "ngrok.io", "ngrok.app",
+    }
+)  # fmt: skip
+
+
+def _registrable_after_wildcard(host: str) -> bool:
+    """Whether the literal labels after a host's last wildcard are at least a registrable
+    domain, so the wildcard only chooses subdomains of one owner's domain. The rule, without a
+    public-suffix list: at least 2 literal labels; at least 3 when the TLD is a 2-letter
+    country code and the label before it has at most 3 letters (`co.uk`, `com.au`, `ne.jp`,
+    `gov.br`: `*.co.uk` is refused, `*.example.co.uk` kept); and never only a suffix in
+    `MULTI_TENANT` (`*.github.io`)."""
+    labels = host.lower().split(".")
+    starred = [i for i, label in enumerate(labels) if "*" in label]
+    if not starred:
+        return True
+    literal = labels[starred[-1] + 1 :]
+    if len(literal) < 2 or ".".join(literal) in MULTI_TENANT:
+        return False
+    tld, second = literal[-1], literal[-2]
+    return not (len(literal) == 2 and len(tld) == 2 and tld.isalpha() and len(second) <= 3)
+
+
 def url_pattern(url: str, dialect: Dialect) -> tuple[str | None, str]:
     """The `serverUrl` pattern admitting `url` (a `{variable}` template becomes a `*`), or None
     and why the client cannot express it."""
@@ -101,8 +140,16 @@ def url_pattern(url: str, dialect: Dialect) -> tuple[str | None, str]:
     host, port = parts.netloc, ""
     if not host.endswith("]") and ":" in host:
         host, port = host.rsplit(":", 1)
-    if not host or "*" in "".join(host.split(".")[-2:]):
+    if not host or not _registrable_after_wildcard(host):
         return None, "leaves the domain to a template variable"
+    if dialect.anywhere and "*" in host + port:
+        # Claude's `*` is documented only as "anywhere in the pattern", not as stopping at
+        # `/`: `https://*.x.example.com/mcp` would then also match
+        # `https://attacker.tld/.x.example.com/mcp`. No host (or port) wildcard is safe.
+        return None, (
+            f"puts a template variable in the host or port, and {dialect.client}'s `*` is not "
+            "documented to stop at `/`: the entry could match a URL on any host"
+        )
     ascii_host = _host(host)
     if ascii_host is None:
         return None, "has a host name that cannot be encoded"

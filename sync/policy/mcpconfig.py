@@ -103,9 +103,20 @@ class ConfiguredServer:
         return [self.command, *self.args]
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _server(key: str, raw: Any) -> ConfiguredServer:
     if not isinstance(raw, dict):
-        return ConfiguredServer(key, "", errors=("the entry is not a JSON object",))
+        why = ["the entry is not a JSON object"]
+        if not _encodable(key):
+            why.append("the key is not valid Unicode (it holds a lone surrogate)")
+        return ConfiguredServer(key, "", errors=tuple(why))
     errors: list[str] = []
     kind = raw.get("type")
     if kind is not None and not isinstance(kind, str):
@@ -125,6 +136,14 @@ def _server(key: str, raw: Any) -> ConfiguredServer:
         args = []
     if not url and not command:
         errors.append("the entry has neither `command` nor `url`")
+    # JSON can spell a lone surrogate (`"\\ud800"`), which no client, store or terminal can
+    # encode: such an entry is reported, never looked up.
+    for what, text in [("the key", key), ("`url`", url), ("`command`", command)] + [
+        ("`args`", a) for a in args
+    ]:
+        if not _encodable(text):
+            errors.append(f"{what} is not valid Unicode (it holds a lone surrogate)")
+            break
     # Both clients default to stdio; a `url` without a type is a remote (VS Code infers it).
     kind = (kind or ("http" if url else "stdio")).lower()
     return ConfiguredServer(key, kind, command, tuple(args), url, tuple(errors))
@@ -163,6 +182,10 @@ def read(path: Path, client: str | None) -> McpConfig:
         data = parse_jsonc(text)
     except ValueError as exc:
         raise CommandFailed(f"cannot read {path}: not JSON (or JSONC): {exc}") from None
+    except RecursionError:
+        raise CommandFailed(
+            f"cannot read {path}: nested too deeply to be a configuration"
+        ) from None
     if not isinstance(data, dict):
         raise CommandFailed(f"cannot read {path}: the top level is not a JSON object")
     assumed = client is None

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Finding", "Problem", "Report", "render", "to_json"]
+__all__ = ["Finding", "Problem", "Report", "clean", "render", "to_json"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,22 +63,22 @@ def to_json(report: Report) -> dict[str, Any]:
     }
 
 
-def _clean(text: str) -> str:
-    # Keys and URLs come from files and servers we do not control: no escape sequence of
-    # theirs reaches the terminal.
+def clean(text: str) -> str:
+    """`text` with every non-printable character as `?`: keys and URLs come from files and
+    servers we do not control, and no escape sequence of theirs may reach the terminal."""
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def render(report: Report) -> str:
     context = ", ".join(f"{k} {v}" for k, v in report.context.items())
-    lines = [f"{_clean(report.target)}" + (f" ({_clean(context)})" if context else "")]
+    lines = [f"{clean(report.target)}" + (f" ({clean(context)})" if context else "")]
     for f in report.findings:
         mark = "ok  " if f.ok else "FAIL"
-        lines.append(f"  {mark} {_clean(f.subject)}: {_clean(f.summary)}")
+        lines.append(f"  {mark} {clean(f.subject)}: {clean(f.summary)}")
         for p in f.problems:
-            lines.append(f"       - {_clean(p.message)}")
+            lines.append(f"       - {clean(p.message)}")
             if p.fix:
-                lines.append(f"         fix: {_clean(p.fix)}")
+                lines.append(f"         fix: {clean(p.fix)}")
     passed = sum(f.ok for f in report.findings)
     noun = "servers allowed" if report.kind == "mcp-json" else "checks passed"
     lines.append(f"{passed}/{len(report.findings)} {noun}")

@@ -17,6 +17,11 @@ __all__ = ["canonical", "glob", "is_template", "matches", "variables"]
 
 _VAR = re.compile(r"\{([^{}/]+)\}")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_SPECIAL = re.compile(r"\s*https?:", re.IGNORECASE)
+# What a filling may hold: never a component separator (`/ ? #`, and `\`, which WHATWG reads
+# as `/`), nor `@` (text before it in the authority is userinfo: the host would come after),
+# nor whitespace.
+_FILLING = r"[^/?#\\@\s]+"
 
 
 def variables(url: str) -> list[str]:
@@ -28,11 +33,20 @@ def is_template(url: str) -> bool:
     return bool(_VAR.search(url))
 
 
+def _slashes(url: str) -> str:
+    # WHATWG: in an http(s) URL a `\` before the query is a `/` (`https://evil.com\.x.com/`
+    # is host evil.com in every browser and in Node's `new URL`), whatever urlsplit thinks.
+    if not _SPECIAL.match(url):
+        return url
+    end = min((i for i in (url.find("?"), url.find("#")) if i >= 0), default=len(url))
+    return url[:end].replace("\\", "/") + url[end:]
+
+
 def canonical(url: str) -> str:
     """`url` as an allowlist compares it; a URL that cannot be parsed comes back unchanged
     (it then matches only itself)."""
     try:
-        parts = urlsplit(url.strip())
+        parts = urlsplit(_slashes(url.strip()))
         port = parts.port
     except ValueError:
         return url
@@ -67,10 +81,11 @@ def glob(template: str) -> str:
 
 def matches(template: str, url: str) -> bool:
     """Whether `url` is `template` with each variable filled by a non-empty value that stays
-    within its URL component (never crossing a `/`, `?` or `#`)."""
+    within its URL component: never crossing a `/`, `?`, `#` or `\\` (a `/` to a browser), nor
+    holding `@` or whitespace, so a filling of the host is never read as another host."""
     want = _canonical_template(template)
     pattern = "".join(
-        "[^/?#]+" if _VAR.fullmatch(piece) else re.escape(piece)
+        _FILLING if _VAR.fullmatch(piece) else re.escape(piece)
         for piece in re.split(r"(\{[^{}/]+\})", want)
         if piece
     )
