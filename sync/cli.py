@@ -107,7 +107,9 @@ def _policy_parsers(commands: Any) -> None:
     target.add_argument("--url", metavar="BASE", help="probe a registry as VS Code would")
     doctor.add_argument("--client", choices=CLIENTS, help="whose format FILE is (default: guess)")
     doctor.add_argument("--view", default=DEFAULT_VIEW, help=_VIEW_HELP)
-    doctor.add_argument("--timeout", type=float, default=10.0, help="seconds per probe request")
+    doctor.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds per probe request (at most 300)"
+    )
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
 
 
