@@ -5,10 +5,12 @@ is synced once from the lean upstream in its own process. Then each `policy expo
 runs in this process through the real reader and exporter, writing to a file (a folder for
 `static`), timed around the export only and with its peak Python memory traced. The baseline,
 measured in the same run, is `subregistry export`'s work: every served row streamed from the
-same reader into the list envelope, the least an export of the whole view can do. Runs
-alternate between the formats and the best of `--repeat` is kept. Targets: every file format
-within 3x the baseline's time and memory bounded by a server's versions plus its output
-(`static` streams its list: its peak stays near the baseline's).
+same reader into the list envelope, the least an export of the whole view can do; "parse every
+row" adds reading each row's JSON, the floor for any format that looks inside entries. Runs
+alternate between the formats and the best of `--repeat` is kept; peak memory (tracemalloc) is
+taken on one more run of each, since tracing slows every allocation. Goals: every file format
+within 3x the baseline's time, and memory bounded by one server's versions plus what the format
+must keep whole (`static` streams its list; kiro streams its entries).
 """
 
 from __future__ import annotations
