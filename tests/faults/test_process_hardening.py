@@ -478,6 +478,14 @@ class TestSlowClients:
         try:
             connected = await slow.open(1500)
             statuses = [await served.get() for _ in range(20)]
+            # Each slow client notices the server's close on its next read (up to 0.5 s
+            # later, longer on a loaded machine): wait for them to catch up before counting.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 15
+            while connected - slow.closed_by_server > 1024 - FD_RESERVE:
+                if loop.time() > deadline:
+                    break
+                await asyncio.sleep(0.1)
             still_open = connected - slow.closed_by_server
             descriptors = open_fds(served.process.pid)
         finally:
