@@ -32,7 +32,7 @@ from urllib.parse import quote, urlsplit
 from sync.launch import argv, hint
 from sync.policy import templates
 from sync.policy.catalogue import ServedVersion, ServerGroup
-from sync.policy.export import ExportOptions
+from sync.policy.export import ExportOptions, ExportResult
 
 __all__ = [
     "CLAUDE",
@@ -210,6 +210,14 @@ class Policy:
     denied: list[dict[str, Any]] = field(default_factory=list)
     servers: int = 0
     warnings: list[str] = field(default_factory=list)
+
+    def result(self, *more_warnings: str) -> ExportResult:
+        """What an allow/deny export reports: its servers, every matcher, its warnings."""
+        return ExportResult(
+            servers=self.servers,
+            entries=len(self.allowed) + len(self.denied),
+            warnings=[*self.warnings, *more_warnings],
+        )
 
 
 def _label(version: ServedVersion) -> str:

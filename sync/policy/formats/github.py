@@ -34,8 +34,4 @@ async def export(
 ) -> ExportResult:
     policy = await matchers.build(servers, options, matchers.COPILOT)
     sink.write("", render(policy))
-    return ExportResult(
-        servers=policy.servers,
-        entries=len(policy.allowed) + len(policy.denied),
-        warnings=policy.warnings,
-    )
+    return policy.result()

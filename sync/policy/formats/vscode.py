@@ -45,15 +45,11 @@ async def export(
     servers: AsyncIterator[ServerGroup], options: ExportOptions, sink: Sink
 ) -> ExportResult:
     policy = await matchers.build(servers, options, matchers.COPILOT)
-    warnings = list(policy.warnings)
+    more: list[str] = []
     if options.registry_only and not options.registry_url:
-        warnings.append(
+        more.append(
             "ChatMCP is set to registry without a registry URL: VS Code then admits only the "
             "servers of its default gallery; pass --registry-url to point it at this view."
         )
     sink.write("", render(policy, options))
-    return ExportResult(
-        servers=policy.servers,
-        entries=len(policy.allowed) + len(policy.denied),
-        warnings=warnings,
-    )
+    return policy.result(*more)
